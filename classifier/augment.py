@@ -1,0 +1,67 @@
+"""Batched augmentation and normalisation of uint8 image tensors, on whatever device they live on.
+
+Images arrive as uint8 (B, 3, h, w) at their cached size and leave as normalised float
+(B, 3, S, S) at the training size. Doing this as a handful of batched tensor ops on the training
+device, instead of per-sample PIL transforms in DataLoader workers, is what keeps the model busy.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+AUGMENT_LEVELS = ("none", "basic", "strong")
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    # the same float ops as torchvision's ToTensor + Normalize, so eval matches timm's transform bit for bit
+    return images.float().div(255).sub(mean.view(1, -1, 1, 1)).div(std.view(1, -1, 1, 1))
+
+
+class BatchAugment:
+    """`none`: resize only. `basic`: random translation (pad-and-crop) + horizontal flip.
+    `strong`: basic + random zoom-in + TrivialAugment colour/shape ops."""
+
+    def __init__(self, level: str, out_size: int, mean, std, max_shift: float = 0.125, trivial_group: int = 8):
+        if level not in AUGMENT_LEVELS:
+            raise ValueError(f"augment level must be one of {AUGMENT_LEVELS}, got {level!r}")
+        self.level, self.out_size = level, out_size
+        self.mean, self.std = torch.as_tensor(mean), torch.as_tensor(std)
+        self.max_shift = max_shift  # fraction of the image; 0.125 is the classic 4 px on CIFAR's 32 px
+        self.trivial_group = trivial_group
+        self.trivial = v2.TrivialAugmentWide()
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.level == "strong":
+            # TrivialAugment picks one op per call for the whole tensor; calling it per group of a few
+            # images gives each group its own op at a fraction of the cost of a per-image loop.
+            images = torch.cat([self.trivial(group) for group in images.split(self.trivial_group)])
+        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        x = normalize(images, mean, std)
+        if self.level == "none":
+            return self._resize(x)
+        return self._random_affine(x).contiguous(memory_format=torch.channels_last)
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == self.out_size and x.shape[-2] == self.out_size:
+            return x
+        return F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", antialias=True)
+
+    def _random_affine(self, x: torch.Tensor) -> torch.Tensor:
+        """Shift, flip and (strong) zoom every image differently, and resize, in one grid_sample."""
+        b, _, h, w = x.shape
+        device = x.device
+        # whole source pixels only: a fractional shift would blur every image a little
+        shift_px = round(self.max_shift * w)
+        shifts = torch.randint(-shift_px, shift_px + 1, (b, 2), device=device).float() * (2.0 / w)
+        flips = torch.where(torch.rand(b, device=device) < 0.5, -1.0, 1.0)
+        scale = torch.ones(b, device=device)
+        if self.level == "strong":
+            scale = torch.empty(b, device=device).uniform_(0.75, 1.0)  # zoom in: a mild random-resized-crop
+        theta = torch.zeros(b, 2, 3, device=device)
+        theta[:, 0, 0] = scale * flips
+        theta[:, 1, 1] = scale
+        theta[:, :, 2] = shifts
+        grid = F.affine_grid(theta, [b, 3, self.out_size, self.out_size], align_corners=False)
+        # reflection fills the border the way reflect-padding before a random crop does
+        return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False)

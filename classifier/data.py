@@ -1,0 +1,274 @@
+"""Loading image-classification datasets with `datasets`, and decoding them once into uint8 tensors.
+
+`load_splits` resolves what the user typed (`cifar10`, a Hub id, a Hub-layout folder, an image
+folder, Kaggle's `seg_train/seg_test` layout), finds the image and label columns from the
+features and returns train/validation/test. `decode_split` turns one split into a uint8 tensor
+(N, 3, H, W) using the PIL stage of timm's eval transform, cached on disk by dataset fingerprint,
+so each image is decoded once per machine instead of once per epoch.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import timm.data
+import torch
+from tqdm.auto import tqdm
+
+from .images import BadImageError, open_rgb
+from .presets import PRESETS
+
+SPLIT_NAMES = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing"),
+}
+CACHE_VERSION = "1"
+
+
+class DataError(ValueError):
+    """The dataset cannot be used as given; the message says what to change."""
+
+
+@dataclass
+class Splits:
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    test: datasets.Dataset | None
+    image_column: str
+    label_column: str
+    label_names: list[str]
+    validation_carved: bool  # True when validation was split off train
+
+
+def _split_of(name: str) -> str | None:
+    tokens = set(re.split(r"[^a-z0-9]+", name.lower()))
+    return next((split for split, aliases in SPLIT_NAMES.items() if tokens & set(aliases)), None)
+
+
+def load_dataset_dict(spec: str) -> datasets.DatasetDict:
+    """`spec` is a preset name, a local folder or a Hub dataset id."""
+    try:
+        if spec in PRESETS:
+            preset = PRESETS[spec]
+            return datasets.load_dataset(preset.path, data_files=preset.data_files)
+        folder = Path(spec).expanduser()
+        if folder.is_dir():
+            split_dirs = {}
+            for child in sorted(folder.iterdir()):
+                if child.is_dir() and (split := _split_of(child.name)) and split not in split_dirs:
+                    split_dirs[split] = child.name
+            has_repo_files = any(folder.glob("*.md")) or any(folder.glob("**/*.parquet"))
+            if split_dirs and not has_repo_files and "train" in split_dirs:
+                # e.g. Kaggle's seg_train/seg_test: imagefolder only maps exact split names itself
+                files = {split: f"{name}/**" for split, name in split_dirs.items()}
+                return datasets.load_dataset("imagefolder", data_dir=str(folder), data_files=files)
+            return datasets.load_dataset(str(folder))
+        if folder.exists():
+            raise DataError(f"{spec!r} is a file; --dataset takes a folder, a preset or a Hub dataset id.")
+        return datasets.load_dataset(spec)
+    except DataError:
+        raise
+    except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError...)
+        hint = f"presets: {', '.join(PRESETS)}; or a local folder; or a Hub dataset id"
+        raise DataError(f"Cannot load dataset {spec!r} ({type(e).__name__}: {e}). Expected one of {hint}.") from e
+
+
+def _find_column(features: datasets.Features, kind: type, override: str | None, role: str, flag: str) -> str:
+    if override:
+        if override not in features:
+            raise DataError(f"{flag} {override!r} is not a column; columns are {list(features)}.")
+        return override
+    matches = [name for name, feature in features.items() if isinstance(feature, kind)]
+    if role == "label" and not matches:
+        matches = [n for n in ("label", "labels", "class", "target") if n in features]
+    if not matches:
+        raise DataError(f"No {role} column found among {dict(features)}; name it with {flag}.")
+    return matches[0]
+
+
+def _with_class_labels(dataset: datasets.DatasetDict, label_column: str) -> datasets.DatasetDict:
+    feature = next(iter(dataset.values())).features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return dataset
+    if isinstance(feature, datasets.Value) and feature.dtype == "string":
+        return dataset.class_encode_column(label_column)
+    if isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
+        top = max(max(split[label_column]) for split in dataset.values() if len(split))
+        names = [str(i) for i in range(top + 1)]
+        return dataset.cast_column(label_column, datasets.ClassLabel(names=names))
+    raise DataError(f"Label column {label_column!r} has type {feature}; expected class labels, integers or strings.")
+
+
+def _first_split(dataset: datasets.DatasetDict, role: str) -> str | None:
+    return next((name for name in dataset if _split_of(name) == role or name == role), None)
+
+
+def load_splits(
+    spec: str,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+) -> Splits:
+    dataset = load_dataset_dict(spec)
+    if isinstance(dataset, datasets.Dataset):
+        dataset = datasets.DatasetDict(train=dataset)
+    train_name = _first_split(dataset, "train") or (next(iter(dataset)) if len(dataset) == 1 else None)
+    if train_name is None:
+        raise DataError(f"No training split in {spec!r}; splits are {list(dataset)}.")
+    features = dataset[train_name].features
+    image_column = _find_column(features, datasets.Image, image_column, "image", "--image-column")
+    label_column = _find_column(features, datasets.ClassLabel, label_column, "label", "--label-column")
+    dataset = _with_class_labels(dataset, label_column)
+    label_names = list(dataset[train_name].features[label_column].names)
+
+    train = dataset[train_name]
+    if len(train) == 0:
+        raise DataError(f"The training split {train_name!r} of {spec!r} is empty.")
+    val_name, test_name = _first_split(dataset, "validation"), _first_split(dataset, "test")
+    carved = val_name is None
+    if carved:
+        try:
+            parts = train.train_test_split(test_size=val_fraction, stratify_by_column=label_column, seed=seed)
+        except ValueError as e:
+            raise DataError(
+                f"Cannot carve a stratified {val_fraction:.0%} validation split from {len(train)} training images "
+                f"({e}). Use more data, a larger --val-fraction, or a dataset with a validation split."
+            ) from e
+        train, validation = parts["train"], parts["test"]
+    else:
+        validation = dataset[val_name]
+    test = dataset[test_name] if test_name else None
+    for name, split in (("validation", validation), ("test", test)):
+        if split is not None and len(split) == 0:
+            raise DataError(f"The {name} split of {spec!r} is empty.")
+
+    def subset(split, n):
+        return split if n is None or split is None or n >= len(split) else split.shuffle(seed=seed).select(range(n))
+
+    return Splits(
+        train=subset(train, max_train_samples),
+        validation=subset(validation, max_eval_samples),
+        test=subset(test, max_eval_samples),
+        image_column=image_column,
+        label_column=label_column,
+        label_names=label_names,
+        validation_carved=carved,
+    )
+
+
+def pil_stage(size: int, interpolation: str = "bilinear", crop_pct: float = 1.0):
+    """timm's eval transform up to (not including) ToTensor/Normalize: resize + centre crop on PIL images.
+
+    Using timm's own transform here is what lets `timm.data.create_transform(**resolve_data_config(...))`
+    reproduce our evaluation preprocessing exactly; we then do ToTensor/Normalize on the device.
+    """
+    transform = timm.data.create_transform(
+        input_size=(3, size, size), interpolation=interpolation, crop_pct=crop_pct, is_training=False
+    )
+    steps = []
+    for step in transform.transforms:
+        if type(step).__name__ in ("MaybeToTensor", "ToTensor", "Normalize"):
+            break
+        steps.append(step)
+
+    def apply(image):
+        for step in steps:
+            image = step(image)
+        return image
+
+    return apply
+
+
+def typical_size(split: datasets.Dataset, image_column: str, sample: int = 32) -> int:
+    """Median shorter side of a few images: the resolution worth caching training images at."""
+    rows = split.select(range(min(sample, len(split))))
+    sides = []
+    for row in rows.cast_column(image_column, datasets.Image(decode=False))[image_column]:
+        try:
+            sides.append(min(open_rgb(row["bytes"] or row["path"]).size))
+        except BadImageError:
+            continue
+    return int(np.median(sides)) if sides else 0
+
+
+@dataclass
+class TensorSplit:
+    images: torch.Tensor  # uint8 (N, 3, H, W), channels_last memory
+    labels: torch.Tensor  # int64 (N,)
+    skipped: int = 0
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CLASSIFIER_CACHE", Path.home() / ".cache" / "image-classifier"))
+
+
+def decode_split(
+    split: datasets.Dataset,
+    image_column: str,
+    label_column: str,
+    num_classes: int,
+    size: int,
+    interpolation: str = "bilinear",
+    crop_pct: float = 1.0,
+    skip_bad_images: bool = False,
+    desc: str = "decode",
+    use_cache: bool = True,
+) -> TensorSplit:
+    key = hashlib.sha1(
+        repr((CACHE_VERSION, split._fingerprint, image_column, label_column, size, interpolation, crop_pct,
+              skip_bad_images)).encode()
+    ).hexdigest()[:20]
+    path = cache_root() / f"{key}.npz"
+    if use_cache and path.exists():
+        with np.load(path, allow_pickle=False) as stored:
+            return _as_tensors(stored["images"], stored["labels"], int(stored["skipped"]))
+
+    transform = pil_stage(size, interpolation, crop_pct)
+    raw = split.cast_column(image_column, datasets.Image(decode=False)).select_columns([image_column, label_column])
+    images = np.empty((len(raw), size, size, 3), dtype=np.uint8)
+    labels = np.empty(len(raw), dtype=np.int64)
+    kept = 0
+    with tqdm(total=len(raw), desc=desc, unit="img", disable=None) as bar:
+        for batch in raw.iter(batch_size=256):
+            for item, label in zip(batch[image_column], batch[label_column]):
+                row = bar.n
+                bar.update(1)
+                where = f"row {row}" + (f" ({item['path']})" if item.get("path") else "")
+                try:
+                    if label is None or not 0 <= label < num_classes:
+                        raise BadImageError(f"{where} has label {label}, outside 0..{num_classes - 1}")
+                    image = transform(open_rgb(item["bytes"] or item["path"], name=where))
+                except BadImageError as e:
+                    if skip_bad_images:
+                        continue
+                    raise DataError(f"{desc}: {e} Fix or remove it, or pass --skip-bad-images.") from e
+                images[kept] = np.asarray(image)
+                labels[kept] = label
+                kept += 1
+    skipped = len(raw) - kept
+    images, labels = images[:kept], labels[:kept]
+    if kept == 0:
+        raise DataError(f"{desc}: none of the {len(raw)} images could be used.")
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, images=images, labels=labels, skipped=skipped)
+        os.replace(tmp, path)  # atomic: concurrent processes never read a half-written cache
+    return _as_tensors(images, labels, skipped)
+
+
+def _as_tensors(images: np.ndarray, labels: np.ndarray, skipped: int) -> TensorSplit:
+    # NHWC storage viewed as NCHW is exactly torch's channels_last layout: no copy, and convs prefer it
+    return TensorSplit(torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels), skipped)

@@ -1,0 +1,141 @@
+"""timm models: creation (scratch, timm Hub weights or a local weights file), export to timm's Hub
+format, and loading such a folder back from disk or the Hub."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import timm.data
+import torch
+from timm.models import save_for_hf
+
+log = logging.getLogger(__name__)
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class ModelSourceError(RuntimeError):
+    """A model or weights source cannot be used; the message says why."""
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    pretrained: bool | None = None,
+    pretrained_file: str | None = None,
+    **model_args,
+) -> tuple[torch.nn.Module, str]:
+    """Build `name` with a fresh `num_classes` head. Returns the model and where its weights came from.
+
+    pretrained=None means "if reachable": the timm Hub weights are tried and, if they cannot be
+    fetched (offline, no such tag), training starts from scratch with a warning.
+    """
+    if pretrained_file:
+        if not Path(pretrained_file).is_file():
+            raise ModelSourceError(f"--pretrained-file {pretrained_file!r} does not exist.")
+        model = timm.create_model(
+            name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=dict(file=str(pretrained_file)),
+            **model_args,
+        )
+        return model, f"file:{pretrained_file}"
+    if pretrained is False:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **model_args), "scratch"
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=num_classes, **model_args)
+        return model, f"hf-hub:{model.pretrained_cfg.get('hf_hub_id') or name}"
+    except Exception as e:
+        if pretrained:
+            raise ModelSourceError(f"Cannot load pretrained weights for {name!r}: {e}") from e
+        log.warning("Pretrained weights for %r unavailable (%s: %s); training from scratch.", name, type(e).__name__, e)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **model_args), "scratch"
+
+
+def data_config(img_size: int, mean, std, interpolation: str = "bilinear", crop_pct: float = 1.0) -> dict:
+    return dict(input_size=(3, img_size, img_size), mean=tuple(mean), std=tuple(std),
+                interpolation=interpolation, crop_pct=crop_pct, crop_mode="center")
+
+
+def export(model: torch.nn.Module, folder: str | Path, label_names: list[str], data_cfg: dict,
+           model_args: dict | None = None, tag: str | None = None) -> None:
+    """Write config.json + model.safetensors in timm's Hub format (what `push_to_hf_hub` uploads)."""
+    model_config = {"label_names": list(label_names)}
+    if tag:
+        model_config["pretrained_cfg"] = {"tag": tag}
+    save_for_hf(model, str(folder), model_config=model_config, model_args=model_args or None,
+                data_config=data_cfg, safe_serialization=True)
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    label_names: list[str]
+    data_config: dict  # timm's resolved data config: input_size, mean, std, interpolation, crop_pct
+    folder: Path
+    config: dict
+
+    def transform(self):
+        return timm.data.create_transform(**self.data_config, is_training=False)
+
+
+def load_folder(folder: str | Path) -> LoadedModel:
+    """Rebuild a model from a folder in timm's Hub format; only safetensors weights are accepted."""
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not config_path.is_file():
+        raise ModelSourceError(f"{folder} is not a model folder: {CONFIG_NAME} is missing.")
+    if not weights_path.is_file():
+        others = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pth"))
+        extra = f" (found {', '.join(others)}; pickled weights are never loaded)" if others else ""
+        raise ModelSourceError(f"{folder} has no {WEIGHTS_NAME}{extra}.")
+    try:
+        config = json.loads(config_path.read_text())
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    except Exception as e:
+        raise ModelSourceError(f"Cannot load the model in {folder}: {type(e).__name__}: {e}") from e
+    model.eval()
+    num_classes = config.get("num_classes")
+    label_names = list(config.get("label_names") or [str(i) for i in range(num_classes)])
+    if len(label_names) != num_classes:
+        raise ModelSourceError(f"{folder}: {len(label_names)} label names for {num_classes} classes.")
+    return LoadedModel(model, label_names, timm.data.resolve_data_config(model=model), folder, config)
+
+
+HUB_FILES = ["*.json", "*.md", "*.png", WEIGHTS_NAME, "samples/**"]
+
+
+def download(repo_id: str, revision: str | None = None, token: str | bool | None = None) -> Path:
+    """Fetch a model repo into huggingface_hub's cache; only safetensors weights are requested."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id, revision=revision, token=token, allow_patterns=HUB_FILES))
+
+
+def load(source: str | Path, revision: str | None = None, token: str | bool | None = None) -> LoadedModel:
+    """A local folder, or a Hub model id (downloaded and cached by huggingface_hub)."""
+    if Path(source).expanduser().is_dir():
+        return load_folder(Path(source).expanduser())
+    if Path(source).expanduser().exists() or str(source).startswith((".", "/", "~")):
+        raise ModelSourceError(f"{source} is not a model folder.")
+    try:
+        folder = download(str(source), revision=revision, token=token)
+    except Exception as e:
+        raise ModelSourceError(f"Cannot download {source!r} from the Hub: {type(e).__name__}: {e}") from e
+    return load_folder(folder)
+
+
+def replace_folder_contents(staging: Path, target: Path) -> None:
+    """Move the files of a fully written `staging` folder into `target`, config.json last, so a crash
+    never leaves a folder that looks like a complete model."""
+    target.mkdir(parents=True, exist_ok=True)
+    entries = sorted(staging.iterdir(), key=lambda p: p.name == CONFIG_NAME)
+    for entry in entries:
+        destination = target / entry.name
+        if destination.is_dir() and not destination.is_symlink():
+            shutil.rmtree(destination)
+        os.replace(entry, destination)
+    staging.rmdir()

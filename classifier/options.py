@@ -1,0 +1,98 @@
+"""Command-line options of train_accelerate.py. Recipe options default to the dataset preset's recipe."""
+from __future__ import annotations
+
+import argparse
+import re
+
+from .augment import AUGMENT_LEVELS
+from .presets import GENERIC_RECIPE, PRESETS, recipe_for
+
+RECIPE_HELP = "default: the preset's recipe, else " + ", ".join(f"{k}={v}" for k, v in GENERIC_RECIPE.items())
+
+
+def checkpoint_every(value: str):
+    if value == "epoch":
+        return value
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise argparse.ArgumentTypeError("expected a positive number of optimizer steps or 'epoch'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Fine-tune a timm model on an image-classification dataset with Hugging Face accelerate.",
+        epilog=f"Presets: {', '.join(f'{k} ({v.path})' for k, v in PRESETS.items())}. Recipe options ({RECIPE_HELP}).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", required=True,
+                      help="preset name, Hub dataset id, Hub-layout folder, or image folder (one sub-folder per class)")
+    data.add_argument("--image-column", help="image column (default: the column with the Image feature)")
+    data.add_argument("--label-column", help="label column (default: the column with the ClassLabel feature)")
+    data.add_argument("--val-fraction", type=float, default=0.1,
+                      help="stratified share of train held out for validation when there is no validation split")
+    data.add_argument("--max-train-samples", type=int, help="use a seeded random subset of train (quick runs)")
+    data.add_argument("--max-eval-samples", type=int, help="use a seeded random subset of validation and test")
+    data.add_argument("--skip-bad-images", action="store_true",
+                      help="skip and count images that fail to decode instead of stopping")
+    data.add_argument("--no-data-cache", action="store_true", help="decode images again instead of using the cache")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--model", default="resnet18", help="any timm model name (or name.tag)")
+    weights = model.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", dest="pretrained", action="store_true", default=None,
+                         help="start from the timm Hub weights and fail if they cannot be fetched "
+                              "(default: use them when reachable, else train from scratch with a warning)")
+    weights.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="train from scratch")
+    weights.add_argument("--pretrained-file", help="start from a local weights file (safetensors, or a torch "
+                                                   "state dict loaded with weights_only=True)")
+    model.add_argument("--img-size", type=int, help="training/eval input size; smaller images are upsampled")
+    model.add_argument("--drop-rate", type=float, default=0.0, help="dropout before the classifier")
+
+    train = p.add_argument_group("training")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int, help="per process")
+    train.add_argument("--eval-batch-size", type=int, default=256)
+    train.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    train.add_argument("--optimizer", choices=["sgd", "adamw", "adam"])
+    train.add_argument("--lr", type=float, help="peak learning rate")
+    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (nesterov)")
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--scheduler", choices=["onecycle", "cosine"])
+    train.add_argument("--warmup-epochs", type=float, help="linear warm-up length (cosine) / peak position (onecycle)")
+    train.add_argument("--label-smoothing", type=float)
+    train.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
+    train.add_argument("--augment", choices=AUGMENT_LEVELS,
+                       help="none; basic = shift + flip; strong = basic + zoom + TrivialAugment")
+    train.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
+    train.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0 = off)")
+    train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
+                       help="auto = bf16 where the device supports it (CUDA, recent CPUs), else no")
+    train.add_argument("--seed", type=int, default=0)
+
+    out = p.add_argument_group("output")
+    out.add_argument("--output-dir", help="model folder to write (default: runs/<dataset name>)")
+    out.add_argument("--checkpoint-every", type=checkpoint_every,
+                     help="save a resumable checkpoint every N optimizer steps, or 'epoch'")
+    out.add_argument("--checkpoint-limit", type=int, default=2, help="keep this many newest checkpoints")
+    out.add_argument("--resume", help="'latest' (newest checkpoint in <output-dir>/checkpoints) or a checkpoint path")
+    out.add_argument("--report-to", default="none",
+                     help="experiment trackers for accelerate: tensorboard, wandb, all, ... (comma separated)")
+    out.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the model folder to this Hub repo")
+    out.add_argument("--hub-private", action="store_true", help="create the Hub repo private")
+    out.add_argument("--hub-revision", help="branch to push to (default: main)")
+    return p
+
+
+def dataset_slug(dataset: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", dataset.rstrip("/").split("/")[-1]).strip("-") or "dataset"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    for key, value in recipe_for(args.dataset).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.output_dir is None:
+        args.output_dir = f"runs/{dataset_slug(args.dataset)}"
+    return args

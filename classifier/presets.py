@@ -1,0 +1,53 @@
+"""Named datasets and the training recipe that is the default for each.
+
+A preset only supplies defaults: every value can be overridden on the command line.
+Recipes are chosen from measurements (see docs/RESULTS.md when present); `generic` applies to
+any other dataset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Preset:
+    path: str | None = None  # Hub dataset id
+    data_files: dict[str, str] | None = None
+    recipe: dict = field(default_factory=dict)
+
+
+GENERIC_RECIPE = dict(
+    img_size=128,
+    epochs=10,
+    batch_size=128,
+    optimizer="sgd",
+    lr=0.1,
+    weight_decay=5e-4,
+    scheduler="onecycle",
+    warmup_epochs=1.0,
+    label_smoothing=0.1,
+    augment="basic",
+)
+
+PRESETS = {
+    # 32 px images: timm's resnet18 stem would shrink them to 8x8 maps, so they are upsampled.
+    "cifar10": Preset(path="uoft-cs/cifar10", recipe=dict(GENERIC_RECIPE, img_size=64, epochs=15, batch_size=256)),
+    # A public copy of Kaggle's puneet6060/intel-image-classification in its original folder layout.
+    "intel": Preset(
+        path="sfarrukhm/intel-image-classification",
+        data_files={"train": "data/seg_train/**", "test": "data/seg_test/**"},
+        recipe=dict(GENERIC_RECIPE, img_size=128, epochs=15),
+    ),
+}
+
+
+def find_preset(dataset: str) -> Preset | None:
+    """A preset by name, by its Hub id, or by a local copy's folder name (`../shared/data/cifar10`)."""
+    name = dataset.rstrip("/").split("/")[-1].lower()
+    return next((p for key, p in PRESETS.items() if dataset in (key, p.path) or name in (key, p.path.split("/")[-1])),
+                None)
+
+
+def recipe_for(dataset: str) -> dict:
+    preset = find_preset(dataset)
+    return dict(preset.recipe if preset else GENERIC_RECIPE)

@@ -1,0 +1,132 @@
+"""What a training run leaves for people to read: loss/accuracy curves, the confusion matrix, the model card."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and Spaces
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
+
+CURVES_NAME, CONFUSION_NAME = "curves.png", "confusion_matrix.png"
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Train/val loss and accuracy per epoch, from the per-epoch records of a run."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-o"), ("val", "-s")):
+        ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], style, label=split)
+        ax_acc.plot(epochs, [100 * h[f"{split}_accuracy"] for h in history], style, label=split)
+    ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: list[list[int]], label_names: list[str], path: Path, title: str) -> None:
+    """Row-normalised (each true class sums to 100 %) so classes of different sizes compare at a glance."""
+    counts = np.asarray(matrix, dtype=np.float64)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    k = len(label_names)
+    size = max(5.0, 0.6 * k + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), label_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), label_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+METRIC_ROWS = [("accuracy", "Accuracy"), ("precision", "Precision (macro)"), ("recall", "Recall (macro)"),
+               ("f1", "F1 (macro)"), ("mcc", "MCC"), ("roc_auc", "ROC-AUC (OvR macro)")]
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def model_card(
+    repo_name: str,
+    architecture: str,
+    dataset: str,
+    dataset_hub_id: str | None,
+    label_names: list[str],
+    final: dict,
+    eval_split: str,
+    command: str,
+    img_size: int,
+    weights_source: str,
+) -> ModelCard:
+    results = [
+        EvalResult(task_type="image-classification", dataset_type=dataset_hub_id or dataset, dataset_name=dataset,
+                   dataset_split=eval_split, metric_type=key, metric_name=f"{eval_split} {name}",
+                   metric_value=round(final[key], 4))
+        for key, name in METRIC_ROWS if final.get(key) is not None
+    ]
+    card_data = ModelCardData(
+        library_name="timm", license="apache-2.0", model_name=repo_name, pipeline_tag="image-classification",
+        tags=["image-classification", "timm", architecture], datasets=[dataset_hub_id] if dataset_hub_id else None,
+        eval_results=results,
+    )
+    per_class = final["per_class"]
+    class_rows = "\n".join(
+        f"| {name} | {per_class['precision'][i]:.3f} | {per_class['recall'][i]:.3f} | {per_class['f1'][i]:.3f} "
+        f"| {per_class['support'][i]} |"
+        for i, name in enumerate(label_names)
+    )
+    metric_rows = "\n".join(f"| {name} | {_fmt(final.get(key))} |" for key, name in METRIC_ROWS)
+    body = f"""
+# {repo_name}
+
+A timm `{architecture}` image classifier for {len(label_names)} classes ({", ".join(label_names)}),
+trained on `{dataset}` at {img_size}x{img_size} px (initial weights: {weights_source}).
+
+## Use it
+
+With timm alone:
+```python
+import timm, torch
+from PIL import Image
+model = timm.create_model("hf-hub:{repo_name}", pretrained=True).eval()
+transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+probs = model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)).softmax(-1)
+print(model.pretrained_cfg["label_names"][probs.argmax()])
+```
+With this project's app: `MODEL_ID={repo_name} python app.py`.
+
+## Training
+
+```
+{command}
+```
+
+## Results ({eval_split} split, {sum(per_class['support'])} images)
+
+| Metric | Value |
+|---|---|
+{metric_rows}
+
+| Class | Precision | Recall | F1 | Support |
+|---|---|---|---|---|
+{class_rows}
+
+![Loss and accuracy curves]({CURVES_NAME})
+
+![Confusion matrix]({CONFUSION_NAME})
+"""
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")

@@ -1,0 +1,406 @@
+"""The training run: data -> model -> accelerate loop -> evaluation -> model folder (-> Hub).
+
+One `Accelerator` owns devices, precision, distribution, checkpoints and trackers. Training
+images live as one uint8 tensor on the training device; each step indexes a batch out of it and
+augments it there (classifier.augment), so no DataLoader workers are needed for training.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, PartialState
+from accelerate.utils import set_seed
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from tqdm.auto import tqdm
+
+from . import metrics as metrics_lib
+from . import report
+from .augment import BatchAugment, normalize
+from .data import DataError, TensorSplit, decode_split, load_splits, typical_size
+from .model import ModelSourceError, create_model, data_config, export, replace_folder_contents
+from .options import dataset_slug, parse_args
+from .presets import find_preset
+
+log = logging.getLogger("classifier")
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue; the message says why and what is kept."""
+
+
+@dataclass
+class Progress:
+    """Where the run is; saved in every checkpoint so a resumed run continues mid-epoch exactly."""
+
+    epoch: int = 0
+    batches_done: int = 0  # batches of `epoch` already trained
+    optimizer_steps: int = 0
+    running: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0.0, "seen": 0.0, "seconds": 0.0})
+    history: list = field(default_factory=list)
+
+    def state_dict(self):
+        return asdict(self)
+
+    def load_state_dict(self, state):
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if torch.backends.mps.is_available():
+        return "no"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+class BatchedTensors(torch.utils.data.Dataset):
+    """Index a whole batch in one tensor op (DataLoader calls __getitems__ with the batch's indices)."""
+
+    def __init__(self, split: TensorSplit):
+        self.split = split
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        return self.split.images[i], self.split.labels[i]
+
+    def __getitems__(self, indices):
+        index = torch.as_tensor(indices)
+        return self.split.images[index], self.split.labels[index]
+
+
+def _already_batched(batch):
+    return batch
+
+
+def eval_loader(split: TensorSplit, batch_size: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(BatchedTensors(split), batch_size=batch_size, collate_fn=_already_batched)
+
+
+def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int):
+    """The index batches of one epoch for this process: a permutation fixed by (seed, epoch), shared by
+    every process and sliced per rank, so a resumed run replays the same order."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    per_step = batch_size * world
+    return [order[s * per_step + rank * batch_size: s * per_step + (rank + 1) * batch_size] for s in range(n // per_step)]
+
+
+def build_optimizer(args, model):
+    # no weight decay on norm layers and biases: standard for ResNets, and it matters for short schedules
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
+    if args.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=args.lr)
+    # Adam's weight decay is L2 added to the gradient, unlike AdamW's decoupled decay
+    return torch.optim.Adam(groups, lr=args.lr)
+
+
+def build_scheduler(args, optimizer, total_steps: int, steps_per_epoch: int):
+    warmup = min(int(args.warmup_epochs * steps_per_epoch), total_steps - 1)
+    if args.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=args.lr, total_steps=total_steps, pct_start=max(warmup, 1) / total_steps,
+            anneal_strategy="linear", cycle_momentum=False, div_factor=10, final_div_factor=100,
+        )
+
+    def cosine(step):
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total_steps - warmup, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+
+
+@torch.inference_mode()
+def evaluate_split(model, loader, accelerator, mean, std, num_classes: int) -> dict:
+    """Metrics over a split; under N processes gather_for_metrics drops the padding so each sample counts once."""
+    model.eval()
+    probs, refs, losses = [], [], []
+    for images, labels in loader:
+        x = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            logits = model(x)
+        logits = logits.float()
+        loss = F.cross_entropy(logits, labels, reduction="none")
+        p, y, l = accelerator.gather_for_metrics((logits.softmax(-1), labels, loss))
+        probs.append(p.cpu()), refs.append(y.cpu()), losses.append(l.cpu())
+    probs, refs = torch.cat(probs), torch.cat(refs)
+    result = metrics_lib.compute(probs.tolist(), refs.tolist(), num_classes)
+    result["loss"] = torch.cat(losses).mean().item()
+    result["num_samples"] = len(refs)
+    return result
+
+
+def find_checkpoint(output_dir: Path, resume: str) -> Path:
+    if resume != "latest":
+        path = Path(resume)
+        if not path.is_dir():
+            raise TrainingError(f"--resume {resume}: no such checkpoint folder.")
+        return path
+    candidates = sorted((output_dir / CHECKPOINT_DIR).glob("step_*"))
+    if not candidates:
+        raise TrainingError(f"--resume latest: no checkpoint in {output_dir / CHECKPOINT_DIR}.")
+    return candidates[-1]
+
+
+def save_checkpoint(accelerator, output_dir: Path, progress: Progress, limit: int) -> None:
+    folder = output_dir / CHECKPOINT_DIR / f"step_{progress.optimizer_steps:08d}"
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        for old in sorted((output_dir / CHECKPOINT_DIR).glob("step_*"))[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Fail before training, not after an hour of it, if the model folder cannot be written."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-test"
+        probe.write_bytes(b"0" * 1024)
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"Cannot write to --output-dir {output_dir}: {e}") from e
+
+
+def run(args) -> dict:
+    output_dir = Path(args.output_dir)
+    mixed_precision = resolve_mixed_precision(args.mixed_precision)
+    report_to = None if args.report_to == "none" else args.report_to.split(",")
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=report_to, project_dir=str(output_dir / LOG_DIR),
+    )
+    if accelerator.is_main_process:
+        check_output_dir(output_dir)
+    set_seed(args.seed)
+
+    # -- data: the main process decodes and fills the cache, the others then read it
+    with accelerator.main_process_first():
+        splits = load_splits(args.dataset, args.image_column, args.label_column, args.val_fraction, args.seed,
+                             args.max_train_samples, args.max_eval_samples)
+        num_classes = len(splits.label_names)
+        store_size = min(args.img_size, typical_size(splits.train, splits.image_column) or args.img_size)
+        decode = dict(image_column=splits.image_column, label_column=splits.label_column, num_classes=num_classes,
+                      skip_bad_images=args.skip_bad_images, use_cache=not args.no_data_cache)
+        train_data = decode_split(splits.train, size=store_size, desc="decode train", **decode)
+        val_data = decode_split(splits.validation, size=args.img_size, desc="decode validation", **decode)
+        test_data = decode_split(splits.test, size=args.img_size, desc="decode test", **decode) if splits.test else None
+    skipped = {"train": train_data.skipped, "validation": val_data.skipped, "test": test_data.skipped if test_data else 0}
+    if any(skipped.values()):
+        accelerator.print(f"Skipped undecodable images: {skipped}")
+
+    # -- model and optimisation
+    model_args = {"drop_rate": args.drop_rate} if args.drop_rate else {}
+    model, weights_source = create_model(args.model, num_classes, args.pretrained, args.pretrained_file, **model_args)
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    model = model.to(memory_format=torch.channels_last)
+    world = accelerator.num_processes
+    batch_size = min(args.batch_size, len(train_data) // world)
+    if batch_size < 1:
+        raise DataError(f"{len(train_data)} training images cannot be shared by {world} processes.")
+    if batch_size != args.batch_size:
+        accelerator.print(f"--batch-size {args.batch_size} exceeds the training set; using {batch_size}.")
+    accumulation = args.gradient_accumulation_steps
+    # whole accumulation cycles only, so every epoch ends on an optimizer step (and checkpoints land on one)
+    batches_per_epoch = len(train_data) // (batch_size * world) // accumulation * accumulation
+    if batches_per_epoch == 0:
+        raise DataError(f"{len(train_data)} training images do not fill one step of {batch_size} x {world} "
+                        f"process(es) x {accumulation} accumulation steps; lower --gradient-accumulation-steps.")
+    steps_per_epoch = batches_per_epoch // accumulation
+    total_steps = steps_per_epoch * args.epochs
+    optimizer = build_optimizer(args, model)
+    scheduler = build_scheduler(args, optimizer, total_steps, steps_per_epoch)
+    val_loader = eval_loader(val_data, args.eval_batch_size)
+    test_loader = eval_loader(test_data, args.eval_batch_size) if test_data else None
+    model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
+    if test_loader is not None:
+        test_loader = accelerator.prepare(test_loader)
+    progress = Progress()
+    # the scheduler is stepped once per optimizer step by us, so it is checkpointed but not prepared
+    accelerator.register_for_checkpointing(scheduler, progress)
+    if args.resume:
+        checkpoint = find_checkpoint(output_dir, args.resume)
+        accelerator.load_state(str(checkpoint))
+        accelerator.print(f"Resumed from {checkpoint} (epoch {progress.epoch + 1}, batch {progress.batches_done}).")
+
+    device = accelerator.device
+    images_on_device, labels_on_device = train_data.images.to(device), train_data.labels.to(device)
+    mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
+    augment = BatchAugment(args.augment, args.img_size, mean, std)
+    mixup = None
+    if args.mixup > 0 or args.cutmix > 0:
+        mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.label_smoothing,
+                      num_classes=num_classes)
+    criterion = SoftTargetCrossEntropy() if mixup else torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+    run_config = {k: v for k, v in vars(args).items() if v is None or isinstance(v, (int, float, str, bool))}
+    accelerator.init_trackers("train", config=run_config)
+    accelerator.print(
+        f"{args.model} ({weights_source}) on {args.dataset}: {len(train_data)} train / {len(val_data)} val"
+        f"{f' / {len(test_data)} test' if test_data else ''} images, {num_classes} classes, {args.img_size}px "
+        f"(cached at {store_size}px), {world} process(es) on {device}, precision {mixed_precision}, "
+        f"{args.epochs} epochs x {steps_per_epoch} steps"
+    )
+
+    for epoch in range(progress.epoch, args.epochs):
+        model.train()
+        batches = train_batches(len(train_data), batch_size, args.seed, epoch, accelerator.process_index, world)
+        batches = batches[:batches_per_epoch]
+        bar = tqdm(total=len(batches), initial=progress.batches_done, desc=f"epoch {epoch + 1}/{args.epochs}",
+                   disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+        window_start, window_losses, window_correct = time.perf_counter(), [], []
+        for batch_index in range(progress.batches_done, len(batches)):
+            index = batches[batch_index].to(device)
+            x, y = augment(images_on_device[index]), labels_on_device[index]
+            targets = y
+            if mixup is not None:
+                x, targets = mixup(x, y)
+            with accelerator.accumulate(model):
+                logits = model(x)
+                loss = criterion(logits, targets)
+                accelerator.backward(loss)
+                if args.clip_grad and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]
+            if accelerator.sync_gradients:
+                scheduler.step()
+                progress.optimizer_steps += 1
+            progress.batches_done = batch_index + 1
+            window_losses.append(loss.detach())
+            window_correct.append((logits.argmax(-1) == y).sum())
+            checkpoint_due = (isinstance(args.checkpoint_every, int) and accelerator.sync_gradients
+                              and progress.optimizer_steps % args.checkpoint_every == 0)
+            # reading values forces a device sync: do it every few batches, not every one
+            if len(window_losses) == 10 or batch_index == len(batches) - 1 or checkpoint_due:
+                losses = torch.stack(window_losses).float()
+                if not torch.isfinite(losses).all():
+                    bad_step = batch_index - len(window_losses) + 1 + int((~torch.isfinite(losses)).nonzero()[0])
+                    raise TrainingError(
+                        f"Loss became {losses[~torch.isfinite(losses)][0].item()} at epoch {epoch + 1}, batch "
+                        f"{bad_step}. Lower --lr or enable --clip-grad; checkpoints in "
+                        f"{output_dir / CHECKPOINT_DIR} (if any) hold the last good state.")
+                elapsed = time.perf_counter() - window_start
+                progress.running["loss"] += losses.sum().item()
+                progress.running["correct"] += torch.stack(window_correct).sum().item()
+                progress.running["seen"] += len(window_losses) * len(y)
+                progress.running["seconds"] += elapsed
+                bar.set_postfix(loss=f"{losses.mean().item():.3f}", lr=f"{lr:.2e}",
+                                img_s=f"{len(window_losses) * len(y) * world / elapsed:.0f}")
+                bar.update(len(window_losses))
+                accelerator.log({"train/loss": losses.mean().item(), "lr": lr},
+                                step=progress.optimizer_steps)
+                window_start, window_losses, window_correct = time.perf_counter(), [], []
+            if checkpoint_due:
+                save_checkpoint(accelerator, output_dir, progress, args.checkpoint_limit)
+        bar.close()
+
+        val = evaluate_split(model, val_loader, accelerator, mean_t, std_t, num_classes)
+        running = progress.running
+        correct = accelerator.reduce(torch.tensor(running["correct"], device=device), "sum").item()
+        seen = running["seen"] * world
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": running["loss"] / max(len(batches), 1),
+            "train_accuracy": correct / max(seen, 1),
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "val_f1": val["f1"],
+            "seconds": running["seconds"],
+        }
+        progress.history.append(record)
+        accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=progress.optimizer_steps)
+        accelerator.print(
+            f"epoch {epoch + 1}/{args.epochs}: train loss {record['train_loss']:.4f} acc "
+            f"{100 * record['train_accuracy']:.2f}% | val loss {val['loss']:.4f} acc {100 * val['accuracy']:.2f}% "
+            f"f1 {val['f1']:.4f} | {running['seconds']:.0f}s")
+        progress.epoch, progress.batches_done = epoch + 1, 0
+        progress.running = Progress().running
+        if args.checkpoint_every == "epoch":
+            save_checkpoint(accelerator, output_dir, progress, args.checkpoint_limit)
+
+    # -- final evaluation: the test split is touched here and only here
+    final_split = "test" if test_loader is not None else "validation"
+    final = evaluate_split(model, test_loader or val_loader, accelerator, mean_t, std_t, num_classes)
+    accelerator.print(f"{final_split}: accuracy {100 * final['accuracy']:.2f}%, f1 {final['f1']:.4f}, "
+                      f"mcc {final['mcc']:.4f}, roc_auc {final['roc_auc']}")
+    accelerator.end_training()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_model_folder(args, accelerator.unwrap_model(model), splits.label_names, progress.history, final,
+                           final_split, weights_source, model_args, skipped, mixed_precision)
+        accelerator.print(f"Model folder: {output_dir.resolve()}")
+    accelerator.wait_for_everyone()
+    return {"history": progress.history, final_split: final}
+
+
+def write_model_folder(args, model, label_names, history, final, final_split, weights_source, model_args,
+                       skipped, mixed_precision) -> None:
+    """Everything is written to a staging folder first and moved in at the end (config.json last)."""
+    output_dir = Path(args.output_dir)
+    staging = output_dir / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    preset = find_preset(args.dataset)
+    # safetensors stores contiguous tensors only; channels_last was for speed
+    model = model.to(memory_format=torch.contiguous_format)
+    export(model, staging, label_names, data_config(args.img_size, mean, std), model_args,
+           tag=dataset_slug(args.dataset))
+    command = "accelerate launch train_accelerate.py " + shlex.join(sys.argv[1:])
+    metrics = {"label_names": label_names, "final_split": final_split, "final": final, "history": history,
+               "skipped_images": skipped}
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    training_args = dict(vars(args), weights_source=weights_source, resolved_mixed_precision=mixed_precision,
+                         command=command)
+    (staging / "training_args.json").write_text(json.dumps(training_args, indent=2, default=str))
+    if history:
+        report.plot_curves(history, staging / report.CURVES_NAME)
+    report.plot_confusion(final["confusion_matrix"], label_names, staging / report.CONFUSION_NAME,
+                          f"{args.model} on {args.dataset} ({final_split})")
+    repo_name = args.push_to_hub or f"{args.model}-{output_dir.name}"
+    card = report.model_card(repo_name, args.model, args.dataset, preset.path if preset else None, label_names,
+                             final, final_split, command, args.img_size, weights_source)
+    card.save(staging / "README.md")
+    replace_folder_contents(staging, output_dir)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("timm", "httpx", "huggingface_hub", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        run(args)
+    except (DataError, ModelSourceError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if args.push_to_hub and PartialState().is_main_process:
+        from .hub import HubError, push_folder
+
+        try:
+            push_folder(args.output_dir, args.push_to_hub, private=args.hub_private, revision=args.hub_revision)
+        except HubError as e:
+            print(f"error: {e} The model folder {args.output_dir} is intact.", file=sys.stderr)
+            sys.exit(3)
