@@ -116,19 +116,18 @@ def build_optimizer(args, model):
 
 
 def build_scheduler(args, optimizer, total_steps: int, steps_per_epoch: int):
+    """Linear warm-up to the peak lr, then `onecycle`: linear decay, or `cosine`: cosine decay, towards 0."""
     warmup = min(int(args.warmup_epochs * steps_per_epoch), total_steps - 1)
-    if args.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=args.lr, total_steps=total_steps, pct_start=max(warmup, 1) / total_steps,
-            anneal_strategy="linear", cycle_momentum=False, div_factor=10, final_div_factor=100,
-        )
 
-    def cosine(step):
+    def factor(step):
         if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total_steps - warmup, 1)))
+            return 0.1 + 0.9 * step / warmup  # start at a tenth of the peak, like OneCycle's div_factor=10
+        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        if args.scheduler == "onecycle":
+            return 1.0 - progress * (1.0 - 1e-3)
+        return 1e-3 + (1.0 - 1e-3) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @torch.inference_mode()

@@ -1,0 +1,86 @@
+"""Shared fixtures: small real datasets made on the fly, and an offline, sandboxed HF environment."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+# isolate every cache and keep everything offline before any HF library is imported
+_SANDBOX = Path(os.environ.get("PYTEST_SANDBOX", "/tmp/classifier-tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_UPDATE_DOWNLOAD_COUNTS", "0")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ["HF_HOME"] = str(_SANDBOX / "hf_home")
+os.environ["CLASSIFIER_CACHE"] = str(_SANDBOX / "tensor_cache")
+
+import datasets  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+CLASSES = ["red", "green", "blue", "yellow"]
+COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
+
+
+def shape_image(label: str, rng: random.Random, size: int = 32, mode: str = "RGB") -> Image.Image:
+    """A noisy grey background with a randomly placed blob whose colour is the class."""
+    image = Image.effect_noise((size, size), 40).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    r = rng.randint(size // 4, size // 2)
+    x, y = rng.randint(0, size - r), rng.randint(0, size - r)
+    jitter = [min(255, max(0, c + rng.randint(-25, 25))) for c in COLOURS[label]]
+    (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x, y, x + r, y + r], fill=tuple(jitter))
+    if mode == "RGBA":
+        image.putalpha(255)
+    elif mode == "P":
+        image = image.quantize(64)
+    return image
+
+
+def make_examples(n_per_class: int, seed: int, size: int = 32):
+    rng = random.Random(seed)
+    examples = []
+    for label_index, label in enumerate(CLASSES):
+        for i in range(n_per_class):
+            # mixed modes and a few odd sizes: the loader must convert all of them
+            mode = ("RGB", "RGB", "RGBA", "P")[i % 4]
+            s = size + (7 if i % 10 == 3 else 0)
+            examples.append((shape_image(label, rng, s, mode), label_index))
+    rng.shuffle(examples)
+    return examples
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Path:
+    _SANDBOX.mkdir(parents=True, exist_ok=True)
+    return _SANDBOX
+
+
+def write_parquet_repo(folder: Path, splits: dict, image_column="img", label_column="fine_label") -> Path:
+    features = datasets.Features({image_column: datasets.Image(), label_column: datasets.ClassLabel(names=CLASSES)})
+    for split, examples in splits.items():
+        ds = datasets.Dataset.from_dict(
+            {image_column: [im for im, _ in examples], label_column: [lb for _, lb in examples]}, features=features
+        )
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def parquet_repo(tmp_path_factory) -> Path:
+    """A Hub-layout dataset folder (parquet, train + test, no validation) with non-standard column names."""
+    folder = tmp_path_factory.mktemp("parquet_repo")
+    return write_parquet_repo(folder, {"train": make_examples(60, seed=0), "test": make_examples(15, seed=1)})
+
+
+@pytest.fixture(scope="session")
+def kaggle_folder(tmp_path_factory) -> Path:
+    """Kaggle's Intel layout: seg_train/<class>/*.jpg and seg_test/<class>/*.jpg."""
+    root = tmp_path_factory.mktemp("kaggle")
+    for split, n, seed in (("seg_train", 30, 2), ("seg_test", 8, 3)):
+        for i, (image, label) in enumerate(make_examples(n, seed=seed)):
+            path = root / split / CLASSES[label] / f"{i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.convert("RGB").save(path, quality=90)
+    return root

@@ -1,0 +1,174 @@
+"""The real training pipeline on small generated datasets: learning, export format, resume, weights, errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import timm
+import timm.data
+import torch
+from accelerate.state import AcceleratorState
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from classifier.data import DataError, load_splits
+from classifier.model import load_folder
+from classifier.train import main
+
+from .conftest import CLASSES, make_examples, write_parquet_repo
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--img-size", "32", "--batch-size", "32", "--no-pretrained", "--eval-batch-size", "64"]
+
+
+def train(*args: str) -> None:
+    # accelerate's state is a per-process singleton; each in-process run must start fresh as a new process would
+    AcceleratorState._reset_state(reset_partial_state=True)
+    main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained(parquet_repo, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "model"
+    train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "4", "--optimizer", "adamw", "--lr", "3e-3",
+          "--weight-decay", "0.05", "--mixed-precision", "no", *FAST)
+    return out
+
+
+def test_learns_well_above_chance_and_writes_the_folder(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "training_args.json", "metrics.json", "curves.png",
+            "confusion_matrix.png"} <= names
+    assert ".staging" not in names
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["final_split"] == "test"
+    assert metrics["final"]["num_samples"] == 60
+    assert metrics["final"]["accuracy"] >= 0.7, metrics["final"]  # chance is 0.25
+    assert len(metrics["history"]) == 4
+    for key in ("precision", "recall", "f1", "mcc", "roc_auc", "per_class", "confusion_matrix"):
+        assert metrics["final"][key] is not None
+    assert np.asarray(metrics["final"]["confusion_matrix"]).sum() == 60
+    config = json.loads((trained / "config.json").read_text())
+    assert config["architecture"] == "resnet18"
+    assert config["label_names"] == CLASSES
+    assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    card = (trained / "README.md").read_text()
+    assert "library_name: timm" in card and "model-index" in card and "| red |" in card
+
+
+def test_timm_alone_reproduces_the_reported_test_accuracy(trained, parquet_repo):
+    """The format test: timm rebuilds the model and its own data config reproduces our eval preprocessing."""
+    model = timm.create_model(f"local-dir:{trained}", pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+    test = datasets.load_dataset(str(parquet_repo))["test"]
+    with torch.inference_mode():
+        batch = torch.stack([transform(image.convert("RGB")) for image in test["img"]])
+        predictions = model(batch).argmax(-1)
+    accuracy = (predictions == torch.tensor(test["fine_label"])).double().mean().item()
+    reported = json.loads((trained / "metrics.json").read_text())["final"]["accuracy"]
+    assert accuracy == pytest.approx(reported, abs=1e-9)
+    # the project's loader gives the very same logits
+    loaded = load_folder(trained)
+    assert loaded.label_names == CLASSES
+    with torch.inference_mode():
+        assert torch.equal(loaded.model(batch), model(batch))
+
+
+def test_resume_mid_epoch_equals_uninterrupted(parquet_repo, tmp_path):
+    out = tmp_path / "model"
+    args = ["--dataset", parquet_repo, "--output-dir", out, "--epochs", "2", "--checkpoint-every", "2",
+            "--checkpoint-limit", "100", *FAST]
+    train(*args)
+    uninterrupted = load_file(out / "model.safetensors")
+    checkpoints = sorted((out / "checkpoints").glob("step_*"))
+    assert len(checkpoints) >= 3  # 6 steps per epoch: step 2 is mid-epoch 1
+    (out / "model.safetensors").unlink()
+    train(*args, "--resume", checkpoints[0])
+    resumed = load_file(out / "model.safetensors")
+    assert uninterrupted.keys() == resumed.keys()
+    for key in uninterrupted:
+        assert torch.equal(uninterrupted[key], resumed[key]), key
+
+
+def test_pretrained_file_weights_are_loaded(parquet_repo, tmp_path):
+    source = timm.create_model("resnet18", num_classes=1000)
+    weights = tmp_path / "imagenet-like.safetensors"
+    save_file(source.state_dict(), weights)
+    out = tmp_path / "model"
+    # lr 0: the backbone must come out exactly as the file put it in
+    train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "1", "--lr", "0", "--img-size", "32",
+          "--batch-size", "32", "--pretrained-file", weights)
+    exported = load_file(out / "model.safetensors")
+    assert torch.equal(exported["conv1.weight"], source.state_dict()["conv1.weight"])
+    assert torch.equal(exported["layer4.1.conv2.weight"], source.state_dict()["layer4.1.conv2.weight"])
+    assert exported["fc.weight"].shape == (4, 512)
+    assert json.loads((out / "training_args.json").read_text())["weights_source"] == f"file:{weights}"
+
+
+def test_kaggle_layout_splits_and_class_names(kaggle_folder):
+    splits = load_splits(str(kaggle_folder), val_fraction=0.2)
+    assert splits.label_names == sorted(CLASSES)  # imagefolder names classes by sorted folder name
+    assert splits.validation_carved
+    assert len(splits.train) + len(splits.validation) == 120 and len(splits.test) == 32
+    # stratified: every class is in the validation split in proportion
+    assert sorted(set(splits.validation["label"])) == [0, 1, 2, 3]
+
+
+def test_column_overrides_and_validation_split_is_used(tmp_path):
+    folder = write_parquet_repo(tmp_path, {"train": make_examples(10, 0), "validation": make_examples(3, 1)},
+                                image_column="picture", label_column="target")
+    splits = load_splits(str(folder))
+    assert (splits.image_column, splits.label_column, splits.validation_carved) == ("picture", "target", False)
+    assert len(splits.validation) == 12 and splits.test is None
+    with pytest.raises(DataError, match="--label-column 'nope' is not a column"):
+        load_splits(str(folder), label_column="nope")
+
+
+def test_bad_datasets_give_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="Cannot load dataset 'no/such-dataset-anywhere'"):
+        load_splits("no/such-dataset-anywhere")
+    unlabeled = tmp_path / "unlabeled"
+    ds = datasets.Dataset.from_dict({"image": [im for im, _ in make_examples(3, 0)]},
+                                    features=datasets.Features({"image": datasets.Image()}))
+    ds.to_parquet(str(unlabeled / "data" / "train-00000-of-00001.parquet"))
+    with pytest.raises(DataError, match="No label column"):
+        load_splits(str(unlabeled))
+
+
+def corrupt_folder(root: Path) -> Path:
+    for i, (image, label) in enumerate(make_examples(12, seed=5)):
+        path = root / "train" / CLASSES[label] / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+    bad = root / "train" / "red" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    return bad
+
+
+def test_corrupt_image_is_named_or_skipped(tmp_path):
+    corrupt_folder(tmp_path / "data")
+    command = [sys.executable, str(ROOT / "train_accelerate.py"), "--dataset", str(tmp_path / "data"),
+               "--output-dir", str(tmp_path / "out"), "--epochs", "1", "--val-fraction", "0.25", *FAST]
+    failed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=os.environ)
+    assert failed.returncode == 2
+    assert "broken.png" in failed.stderr and "--skip-bad-images" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert not (tmp_path / "out" / "config.json").exists()
+    train("--dataset", tmp_path / "data", "--output-dir", tmp_path / "out", "--epochs", "1", "--val-fraction", "0.25",
+          "--skip-bad-images", *FAST)
+    skipped = json.loads((tmp_path / "out" / "metrics.json").read_text())["skipped_images"]
+    assert sum(skipped.values()) == 1
+
+
+def test_help_documents_options_with_defaults():
+    result = subprocess.run([sys.executable, "train_accelerate.py", "--help"], capture_output=True, text=True,
+                            cwd=ROOT, check=True)
+    for option in ("--dataset", "--pretrained-file", "--mixed-precision", "--checkpoint-every", "--resume",
+                   "--push-to-hub", "--augment", "--val-fraction", "(default: 0.1)"):
+        assert option in result.stdout
