@@ -45,6 +45,10 @@ def create_model(
         return model, f"file:{pretrained_file}"
     if pretrained is False:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **model_args), "scratch"
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    if pretrained is None:
+        hub_log.setLevel(logging.ERROR)  # offline, each retry would print a warning before our one-line notice
     try:
         model = timm.create_model(name, pretrained=True, num_classes=num_classes, **model_args)
         return model, f"hf-hub:{model.pretrained_cfg.get('hf_hub_id') or name}"
@@ -53,6 +57,8 @@ def create_model(
             raise ModelSourceError(f"Cannot load pretrained weights for {name!r}: {e}") from e
         log.warning("Pretrained weights for %r unavailable (%s: %s); training from scratch.", name, type(e).__name__, e)
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **model_args), "scratch"
+    finally:
+        hub_log.setLevel(level)
 
 
 def data_config(img_size: int, mean, std, interpolation: str = "bilinear", crop_pct: float = 1.0) -> dict:

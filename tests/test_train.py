@@ -172,3 +172,28 @@ def test_help_documents_options_with_defaults():
     for option in ("--dataset", "--pretrained-file", "--mixed-precision", "--checkpoint-every", "--resume",
                    "--push-to-hub", "--augment", "--val-fraction", "(default: 0.1)"):
         assert option in result.stdout
+
+
+def test_failed_push_says_why_and_keeps_the_folder(trained, tmp_path):
+    """Nothing listens on port 9 of loopback: the push must fail plainly, exit non-zero, and touch nothing."""
+    before = {p.name: p.stat().st_mtime_ns for p in trained.iterdir()}
+    token = "hf_secretTOKEN1234567890"
+    result = subprocess.run(
+        [sys.executable, "-c", "from classifier.hub import push_folder, HubError\n"
+         "import sys\ntry:\n push_folder(sys.argv[1], 'me/model')\nexcept HubError as e:\n print(e); sys.exit(3)",
+         str(trained)],
+        capture_output=True, text=True, cwd=ROOT,
+        env=dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", HF_TOKEN=token, HF_HUB_OFFLINE="0",
+                 HF_HUB_DISABLE_XET="1", HF_HUB_ETAG_TIMEOUT="2"),
+        timeout=120,
+    )
+    assert result.returncode == 3
+    assert "Push to me/model failed" in result.stdout
+    assert token not in result.stdout + result.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
+
+
+def test_tensorboard_tracking(parquet_repo, tmp_path):
+    out = tmp_path / "model"
+    train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "1", "--report-to", "tensorboard", *FAST)
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
