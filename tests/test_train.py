@@ -193,7 +193,11 @@ def test_failed_push_says_why_and_keeps_the_folder(trained, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
 
 
-def test_tensorboard_tracking(parquet_repo, tmp_path):
+def test_strong_augmentation_mixup_cosine_and_tensorboard(parquet_repo, tmp_path):
     out = tmp_path / "model"
-    train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "1", "--report-to", "tensorboard", *FAST)
+    train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "2", "--report-to", "tensorboard",
+          "--augment", "strong", "--mixup", "0.2", "--cutmix", "1.0", "--scheduler", "cosine", "--optimizer", "adam",
+          "--lr", "1e-3", "--clip-grad", "1.0", "--gradient-accumulation-steps", "2", "--drop-rate", "0.1", *FAST)
     assert list((out / "logs").rglob("events.out.tfevents.*"))
+    assert json.loads((out / "config.json").read_text())["model_args"]["drop_rate"] == 0.1
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
