@@ -28,7 +28,7 @@ SPLIT_NAMES = {
     "validation": ("validation", "valid", "val", "dev"),
     "test": ("test", "testing"),
 }
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 class DataError(ValueError):
@@ -204,6 +204,7 @@ def typical_size(split: datasets.Dataset, image_column: str, sample: int = 32) -
 class TensorSplit:
     images: torch.Tensor  # uint8 (N, 3, H, W), channels_last memory
     labels: torch.Tensor  # int64 (N,)
+    rows: torch.Tensor  # int64 (N,): each image's row in the source split (skipped rows leave gaps)
     skipped: int = 0
 
     def __len__(self):
@@ -233,12 +234,13 @@ def decode_split(
     path = cache_root() / f"{key}.npz"
     if use_cache and path.exists():
         with np.load(path, allow_pickle=False) as stored:
-            return _as_tensors(stored["images"], stored["labels"], int(stored["skipped"]))
+            return _as_tensors(stored["images"], stored["labels"], stored["rows"], int(stored["skipped"]))
 
     transform = pil_stage(size, interpolation, crop_pct)
     raw = split.cast_column(image_column, datasets.Image(decode=False)).select_columns([image_column, label_column])
     images = np.empty((len(raw), size, size, 3), dtype=np.uint8)
     labels = np.empty(len(raw), dtype=np.int64)
+    rows = np.empty(len(raw), dtype=np.int64)
     kept = 0
     with tqdm(total=len(raw), desc=desc, unit="img", disable=None) as bar:
         for batch in raw.iter(batch_size=256):
@@ -255,20 +257,21 @@ def decode_split(
                         continue
                     raise DataError(f"{desc}: {e} Fix or remove it, or pass --skip-bad-images.") from e
                 images[kept] = np.asarray(image)
-                labels[kept] = label
+                labels[kept], rows[kept] = label, row
                 kept += 1
     skipped = len(raw) - kept
-    images, labels = images[:kept], labels[:kept]
+    images, labels, rows = images[:kept], labels[:kept], rows[:kept]
     if kept == 0:
         raise DataError(f"{desc}: none of the {len(raw)} images could be used.")
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=images, labels=labels, skipped=skipped)
+        np.savez(tmp, images=images, labels=labels, rows=rows, skipped=skipped)
         os.replace(tmp, path)  # atomic: concurrent processes never read a half-written cache
-    return _as_tensors(images, labels, skipped)
+    return _as_tensors(images, labels, rows, skipped)
 
 
-def _as_tensors(images: np.ndarray, labels: np.ndarray, skipped: int) -> TensorSplit:
+def _as_tensors(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, skipped: int) -> TensorSplit:
     # NHWC storage viewed as NCHW is exactly torch's channels_last layout: no copy, and convs prefer it
-    return TensorSplit(torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels), skipped)
+    return TensorSplit(torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels),
+                       torch.from_numpy(rows), skipped)

@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = p.add_argument_group("output")
     out.add_argument("--output-dir", help="model folder to write (default: runs/<dataset name>)")
+    out.add_argument("--samples-per-class", type=int, default=10,
+                     help="random test images per class saved in samples/ for the app's gallery (0 = none)")
+    out.add_argument("--failure-samples", type=int, default=30,
+                     help="misclassified test images saved in samples/ for the app's 'where it fails' view")
     out.add_argument("--checkpoint-every", type=checkpoint_every,
                      help="save a resumable checkpoint every N optimizer steps, or 'epoch'")
     out.add_argument("--checkpoint-limit", type=int, default=2, help="keep this many newest checkpoints")

@@ -31,6 +31,7 @@ from .data import DataError, TensorSplit, decode_split, load_splits, typical_siz
 from .model import ModelSourceError, create_model, data_config, export, replace_folder_contents
 from .options import dataset_slug, parse_args
 from .presets import find_preset
+from .samples import write_samples
 
 log = logging.getLogger("classifier")
 CHECKPOINT_DIR = "checkpoints"
@@ -131,8 +132,9 @@ def build_scheduler(args, optimizer, total_steps: int, steps_per_epoch: int):
 
 
 @torch.inference_mode()
-def evaluate_split(model, loader, accelerator, mean, std, num_classes: int) -> dict:
-    """Metrics over a split; under N processes gather_for_metrics drops the padding so each sample counts once."""
+def evaluate_split(model, loader, accelerator, mean, std, num_classes: int) -> tuple[dict, torch.Tensor]:
+    """Metrics and per-sample probabilities (in split order) over a split; under N processes
+    gather_for_metrics drops the padding so each sample counts once."""
     model.eval()
     probs, refs, losses = [], [], []
     for images, labels in loader:
@@ -147,7 +149,7 @@ def evaluate_split(model, loader, accelerator, mean, std, num_classes: int) -> d
     result = metrics_lib.compute(probs.tolist(), refs.tolist(), num_classes)
     result["loss"] = torch.cat(losses).mean().item()
     result["num_samples"] = len(refs)
-    return result
+    return result, probs
 
 
 def find_checkpoint(output_dir: Path, resume: str) -> Path:
@@ -315,7 +317,7 @@ def run(args) -> dict:
                 save_checkpoint(accelerator, output_dir, progress, args.checkpoint_limit)
         bar.close()
 
-        val = evaluate_split(model, val_loader, accelerator, mean_t, std_t, num_classes)
+        val, _ = evaluate_split(model, val_loader, accelerator, mean_t, std_t, num_classes)
         running = progress.running
         correct = accelerator.reduce(torch.tensor(running["correct"], device=device), "sum").item()
         seen = running["seen"] * world
@@ -341,21 +343,30 @@ def run(args) -> dict:
 
     # -- final evaluation: the test split is touched here and only here
     final_split = "test" if test_loader is not None else "validation"
-    final = evaluate_split(model, test_loader or val_loader, accelerator, mean_t, std_t, num_classes)
+    final, final_probs = evaluate_split(model, test_loader or val_loader, accelerator, mean_t, std_t, num_classes)
     accelerator.print(f"{final_split}: accuracy {100 * final['accuracy']:.2f}%, f1 {final['f1']:.4f}, "
                       f"mcc {final['mcc']:.4f}, roc_auc {final['roc_auc']}")
     accelerator.end_training()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        final_data, final_dataset = (test_data, splits.test) if test_data else (val_data, splits.validation)
+
+        def add_samples(staging: Path) -> None:
+            if args.samples_per_class or args.failure_samples:
+                count = write_samples(staging / "samples", final_dataset, splits.image_column, final_data.rows,
+                                      final_data.labels, final_probs, splits.label_names, args.samples_per_class,
+                                      args.failure_samples, args.seed)
+                accelerator.print(f"Wrote {count} {final_split} images to samples/ for the app's galleries.")
+
         write_model_folder(args, accelerator.unwrap_model(model), splits.label_names, progress.history, final,
-                           final_split, weights_source, model_args, skipped, mixed_precision)
+                           final_split, weights_source, model_args, skipped, mixed_precision, add_samples)
         accelerator.print(f"Model folder: {output_dir.resolve()}")
     accelerator.wait_for_everyone()
     return {"history": progress.history, final_split: final}
 
 
 def write_model_folder(args, model, label_names, history, final, final_split, weights_source, model_args,
-                       skipped, mixed_precision) -> None:
+                       skipped, mixed_precision, add_extra_files) -> None:
     """Everything is written to a staging folder first and moved in at the end (config.json last)."""
     output_dir = Path(args.output_dir)
     staging = output_dir / ".staging"
@@ -382,6 +393,7 @@ def write_model_folder(args, model, label_names, history, final, final_split, we
     card = report.model_card(repo_name, args.model, args.dataset, preset.path if preset else None, label_names,
                              final, final_split, command, args.img_size, weights_source)
     card.save(staging / "README.md")
+    add_extra_files(staging)
     replace_folder_contents(staging, output_dir)
 
 

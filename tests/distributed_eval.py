@@ -20,6 +20,6 @@ test = decode_split(splits.test, splits.image_column, splits.label_column, len(s
 model, loader = accelerator.prepare(loaded.model, eval_loader(test, batch_size))
 mean = torch.tensor(loaded.data_config["mean"])
 std = torch.tensor(loaded.data_config["std"])
-result = evaluate_split(model, loader, accelerator, mean, std, len(splits.label_names))
+result, _ = evaluate_split(model, loader, accelerator, mean, std, len(splits.label_names))
 if accelerator.is_main_process:
     json.dump(result, open(out, "w"))

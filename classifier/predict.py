@@ -1,0 +1,109 @@
+"""Predictor: one loaded model and everything the app and the REST endpoint ask of it."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .images import open_rgb
+from .model import LoadedModel, ModelSourceError, load
+
+log = logging.getLogger(__name__)
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BUNDLED_MODELS = PROJECT_ROOT / "models"
+
+
+@dataclass
+class Sample:
+    path: Path
+    label: str
+    kind: str  # "gallery": random test images; "failure": misclassified test images
+
+
+class Predictor:
+    def __init__(self, loaded: LoadedModel, name: str):
+        self.name, self.loaded = name, loaded
+        self.model = loaded.model.eval()
+        self.label_names = loaded.label_names
+        self.transform = loaded.transform()
+        self.input_size = loaded.data_config["input_size"][-1]
+        # inference is cheap at these sizes; serialising it keeps two requests from fighting over 2 cores
+        self._lock = threading.Lock()
+        folder = loaded.folder
+        self.metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+        args_path = folder / "training_args.json"
+        self.training_args = json.loads(args_path.read_text()) if args_path.is_file() else {}
+        self.samples = _read_samples(folder)
+
+    @property
+    def folder(self) -> Path:
+        return self.loaded.folder
+
+    def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
+        batch = torch.stack([self.transform(image) for image in images])
+        with self._lock, torch.inference_mode():
+            return self.model(batch).float().softmax(-1)
+
+    def top_k(self, probs: torch.Tensor, k: int) -> list[tuple[str, float]]:
+        k = max(1, min(int(k), len(self.label_names)))
+        values, indices = probs.topk(k)
+        return [(self.label_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
+
+    def classify(self, source: bytes | str | Image.Image, k: int = 5, name: str = "image"):
+        """-> (top-k [(label, probability)], milliseconds, (width, height)); raises BadImageError."""
+        image = source if isinstance(source, Image.Image) else open_rgb(source, name=name)
+        start = time.perf_counter()
+        probs = self.probabilities([image])[0]
+        return self.top_k(probs, k), 1000 * (time.perf_counter() - start), image.size
+
+    def classify_many(self, images: list[Image.Image], k: int = 5, batch_size: int = 32):
+        results = []
+        for i in range(0, len(images), batch_size):
+            probs = self.probabilities(images[i:i + batch_size])
+            results.extend(self.top_k(p, k) for p in probs)
+        return results
+
+
+def _read_samples(folder: Path) -> list[Sample]:
+    manifest = folder / "samples" / "manifest.json"
+    if not manifest.is_file():
+        return []
+    entries = json.loads(manifest.read_text())
+    return [Sample(folder / "samples" / e["file"], e["label"], e["kind"]) for e in entries
+            if (folder / "samples" / e["file"]).is_file()]
+
+
+def bundled_model_folders() -> list[Path]:
+    return sorted(p.parent for p in BUNDLED_MODELS.glob("*/config.json"))
+
+
+def load_predictors(source: str | None = None, revision: str | None = None) -> tuple[dict[str, Predictor], str]:
+    """The models the app serves, and a notice for the UI.
+
+    `source` (a Hub id or a folder) comes first; the bundled models follow. If `source` cannot be
+    loaded (Hub unreachable, bad folder) the app still starts with the bundled models and says why.
+    """
+    predictors: dict[str, Predictor] = {}
+    notice = ""
+    if source:
+        try:
+            predictors[source] = Predictor(load(source, revision=revision, token=os.environ.get("HF_TOKEN")), source)
+        except ModelSourceError as e:
+            notice = f"Could not load {source}: {e} Showing the bundled model(s) instead."
+            log.warning(notice)
+    for folder in bundled_model_folders():
+        try:
+            predictors.setdefault(folder.name, Predictor(load(folder), folder.name))
+        except ModelSourceError as e:
+            log.warning("Skipping bundled model %s: %s", folder.name, e)
+    if not predictors:
+        raise ModelSourceError(f"No model to serve: {notice or 'no --model/MODEL_ID given'} and no bundled model "
+                               f"in {BUNDLED_MODELS}. Train one with train_accelerate.py and pass --model <folder>.")
+    return predictors, notice
