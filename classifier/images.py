@@ -9,6 +9,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Pillow's own bomb guard warns at ~89 MP and raises at twice that; we raise at the warning level
 # so a 30000x30000 upload is refused before it is decoded into 2.7 GB of pixels.
 MAX_PIXELS = 89_478_485
+# below this the image holds too little to classify (a 1x1 upload is almost always a mistake or a probe)
+MIN_SIDE = 8
 
 
 class BadImageError(ValueError):
@@ -36,13 +38,17 @@ def open_rgb(source: bytes | str, name: str = "image") -> Image.Image:
             image.load()
     except BadImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImageError(f"{name} is not a decodable image ({type(e).__name__}: {e}).") from e
+    except UnidentifiedImageError as e:
+        raise BadImageError(f"{name} is not an image format we can read (PNG, JPEG, GIF, WebP, BMP, TIFF...); "
+                            "it may be text, a document or a vector image such as SVG.") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImageError(f"{name} is too large to decode safely ({e}).") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         # truncated or corrupt data surfaces as any of these, depending on the codec
         raise BadImageError(f"{name} could not be decoded; the file is corrupt or truncated ({e}).") from e
-    if min(image.size) < 1:
-        raise BadImageError(f"{name} has no pixels ({image.size[0]}x{image.size[1]}).")
+    if min(image.size) < MIN_SIDE:
+        raise BadImageError(f"{name} is {image.size[0]}x{image.size[1]} pixels; images need at least "
+                            f"{MIN_SIDE} pixels on each side.")
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block must not cost the user the prediction

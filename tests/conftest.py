@@ -84,3 +84,26 @@ def kaggle_folder(tmp_path_factory) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             image.convert("RGB").save(path, quality=90)
     return root
+
+
+FAST = ["--img-size", "32", "--batch-size", "32", "--no-pretrained", "--eval-batch-size", "64"]
+
+
+def train(*args) -> None:
+    """The real CLI entry point, in-process."""
+    from accelerate.state import AcceleratorState
+
+    from classifier.train import main
+
+    # accelerate's state is a per-process singleton; each in-process run must start fresh as a new process would
+    AcceleratorState._reset_state(reset_partial_state=True)
+    main([str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def trained(parquet_repo, tmp_path_factory) -> Path:
+    """A model folder trained on the generated colour-blob dataset (fp32, so timm alone reproduces it exactly)."""
+    out = tmp_path_factory.mktemp("run") / "model"
+    train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "4", "--optimizer", "adamw", "--lr", "3e-3",
+          "--weight-decay", "0.05", "--mixed-precision", "no", "--samples-per-class", "5", *FAST)
+    return out

@@ -1,0 +1,149 @@
+"""The app served for real (uvicorn on a free loopback port) and called with gradio_client and HTTP."""
+from __future__ import annotations
+
+import csv
+import re
+import random
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+from gradio_client import Client, handle_file
+
+from classifier.monitor import RequestMonitor
+from classifier.predict import load_predictors
+from classifier.server import create_app
+from classifier.ui import App
+
+from .conftest import CLASSES, shape_image
+from .image_corpus import BAD, GOOD, write_corpus
+
+PUBLIC_ENDPOINTS = {"/predict", "/classify_batch", "/samples", "/model_info", "/stats"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(trained):
+    predictors, notice = load_predictors(str(trained))
+    app = create_app(App(predictors, RequestMonitor()), notice)
+    port = free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not uv.started:
+        assert time.time() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}/", str(trained)
+    uv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    return Client(server[0], verbose=False)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory, server):
+    """The bad-input corpus, built around an image the served model classifies confidently as red."""
+    rng = random.Random(7)
+    predictors, _ = load_predictors(server[1])
+    predictor = next(iter(predictors.values()))
+    for _ in range(50):
+        reference = shape_image("red", rng, size=64)
+        top, _, _ = predictor.classify(reference, k=1)
+        if top[0] == ("red", top[0][1]) and top[0][1] > 0.8:
+            break
+    else:
+        pytest.fail("the test model never classifies a red blob confidently")
+    return write_corpus(tmp_path_factory.mktemp("upload_corpus"), reference)
+
+
+def test_api_lists_exactly_the_public_endpoints(client):
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == PUBLIC_ENDPOINTS
+
+
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_predict_returns_ordered_top_k(client, corpus, k):
+    label, info = client.predict(handle_file(str(corpus / "rgba.png")), k, api_name="/predict")
+    confidences = [c["confidence"] for c in label["confidences"]]
+    assert len(confidences) == k
+    assert confidences == sorted(confidences, reverse=True)
+    assert label["label"] == label["confidences"][0]["label"] == "red"
+    if k == len(CLASSES):
+        assert sum(confidences) == pytest.approx(1.0, abs=1e-4)
+        assert {c["label"] for c in label["confidences"]} == set(CLASSES)
+    assert "inference" in info and "ms" in info
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_every_image_mode_is_classified_correctly(client, corpus, name):
+    label, _ = client.predict(handle_file(str(corpus / name)), 4, api_name="/predict")
+    assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-4)
+    if name not in ("grey.png", "sixteen_bit.png"):  # without colour the blob's class is not in the picture
+        assert label["label"] == "red", name
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_uploads_get_a_clear_error_and_the_server_keeps_working(client, corpus, name):
+    with pytest.raises(Exception) as raised:
+        client.predict(handle_file(str(corpus / name)), 3, api_name="/predict")
+    message = str(raised.value)
+
+
+    assert re.search(BAD[name], message), message
+    assert "Traceback" not in message and "raised an exception" not in message
+    label, _ = client.predict(handle_file(str(corpus / "rgba.png")), 2, api_name="/predict")
+    assert label["label"] == "red"
+
+
+def test_batch_returns_a_row_per_file_and_a_csv(client, corpus):
+    files = [corpus / "rgba.png", corpus / "text.png", corpus / "palette.png"]
+    table, csv_path = client.predict([handle_file(str(f)) for f in files], 2, api_name="/classify_batch")
+    rows = table["data"]
+    assert [r[0] for r in rows] == [f.name for f in files]
+    assert rows[0][1] == "red" and rows[2][1] == "red"
+    assert rows[1][1] == "" and "error" in rows[1][3]
+    with open(csv_path, newline="") as f:
+        written = list(csv.reader(f))
+    assert written[0] == ["file", "top1", "confidence", "top_k"] and len(written) == 4
+
+
+def test_samples_are_filtered_by_class_with_true_and_predicted_captions(client):
+    everything = client.predict("all classes", api_name="/samples")
+    assert len(everything) == 5 * len(CLASSES)
+    blue = client.predict("blue", api_name="/samples")
+    assert len(blue) == 5
+    assert all(item["caption"].startswith("true: blue · predicted: ") for item in blue)
+
+
+def test_model_info_and_stats(client):
+    info = client.predict(api_name="/model_info")
+    assert info["label_names"] == CLASSES and info["input_size"] == 32
+    assert 0 <= info["metrics"]["accuracy"] <= 1 and "train_accelerate.py" in info["training_command"]
+    stats = client.predict(api_name="/stats")
+    assert stats["requests"] >= 1
+    assert set(stats["endpoints"]["predict"]) >= {"requests", "errors", "latency_ms_p50", "latency_ms_p95"}
+
+
+def test_rest_endpoint_and_health(server, corpus):
+    base = server[0].rstrip("/")
+    health = httpx.get(f"{base}/healthz").json()
+    assert health["status"] == "ok" and health["models"]
+    with open(corpus / "rgba.png", "rb") as f:
+        response = httpx.post(f"{base}/api/classify?top_k=3", files={"file": ("rgba.png", f, "image/png")})
+    body = response.json()
+    assert response.status_code == 200 and len(body["predictions"]) == 3
+    assert body["predictions"][0]["label"] == "red"
+    with open(corpus / "text.png", "rb") as f:
+        response = httpx.post(f"{base}/api/classify", files={"file": ("text.png", f, "image/png")})
+    assert response.status_code == 422 and "not an image format" in response.json()["error"]

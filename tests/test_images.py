@@ -1,0 +1,48 @@
+"""Decoding of every kind of upload, without a server."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from classifier.images import BadImageError, open_rgb
+
+from .conftest import shape_image
+from .image_corpus import BAD, GOOD, write_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    import random
+
+    reference = shape_image("red", random.Random(0), size=64)
+    return write_corpus(tmp_path_factory.mktemp("corpus"), reference), reference
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_files_are_refused_with_a_reason(corpus, name):
+    folder, _ = corpus
+    with pytest.raises(BadImageError, match=BAD[name]):
+        open_rgb((folder / name).read_bytes(), name=name)
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_every_mode_becomes_the_same_rgb_picture(corpus, name):
+    folder, reference = corpus
+    image = open_rgb((folder / name).read_bytes())
+    assert image.mode == "RGB" and image.size == reference.size
+    expected = reference.convert("L").convert("RGB") if name in ("grey.png", "sixteen_bit.png") else reference
+    difference = np.abs(np.asarray(image, dtype=np.int16) - np.asarray(expected, dtype=np.int16))
+    # lossy formats (JPEG, CMYK, GIF palette) may move pixels a little; a wrong rotation or channel order moves them a lot
+    assert np.median(difference) <= 12, name
+
+
+def test_transparency_is_composited_on_white():
+    image = Image.new("RGBA", (16, 16), (255, 0, 0, 0))
+    assert open_rgb_image(image).getpixel((0, 0)) == (255, 255, 255)
+
+
+def open_rgb_image(image):
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return open_rgb(buffer.getvalue())
