@@ -241,11 +241,11 @@ def decode_split(
     images = np.empty((len(raw), size, size, 3), dtype=np.uint8)
     labels = np.empty(len(raw), dtype=np.int64)
     rows = np.empty(len(raw), dtype=np.int64)
-    kept = 0
+    kept, row = 0, -1
     with tqdm(total=len(raw), desc=desc, unit="img", disable=None) as bar:
         for batch in raw.iter(batch_size=256):
             for item, label in zip(batch[image_column], batch[label_column]):
-                row = bar.n
+                row += 1
                 bar.update(1)
                 where = f"row {row}" + (f" ({item['path']})" if item.get("path") else "")
                 try:

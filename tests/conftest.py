@@ -107,3 +107,38 @@ def trained(parquet_repo, tmp_path_factory) -> Path:
     train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "4", "--optimizer", "adamw", "--lr", "3e-3",
           "--weight-decay", "0.05", "--mixed-precision", "no", "--samples-per-class", "5", *FAST)
     return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(trained):
+    """The app as app.py serves it (FastAPI + mounted Gradio) on a free loopback port: (url, model folder)."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from classifier.monitor import RequestMonitor
+    from classifier.predict import load_predictors
+    from classifier.server import create_app
+    from classifier.ui import App
+
+    predictors, notice = load_predictors(str(trained))
+    app = create_app(App(predictors, RequestMonitor()), notice)
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not uv.started:
+        assert time.time() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{uv.config.port}/", str(trained)
+    uv.should_exit = True
+    thread.join(timeout=10)

@@ -4,47 +4,16 @@ from __future__ import annotations
 import csv
 import re
 import random
-import socket
-import threading
-import time
-
 import httpx
 import pytest
-import uvicorn
 from gradio_client import Client, handle_file
 
-from classifier.monitor import RequestMonitor
 from classifier.predict import load_predictors
-from classifier.server import create_app
-from classifier.ui import App
 
 from .conftest import CLASSES, shape_image
 from .image_corpus import BAD, GOOD, write_corpus
 
 PUBLIC_ENDPOINTS = {"/predict", "/classify_batch", "/samples", "/model_info", "/stats"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def server(trained):
-    predictors, notice = load_predictors(str(trained))
-    app = create_app(App(predictors, RequestMonitor()), notice)
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not uv.started:
-        assert time.time() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}/", str(trained)
-    uv.should_exit = True
-    thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -46,6 +46,21 @@ def test_learns_well_above_chance_and_writes_the_folder(trained):
     assert "library_name: timm" in card and "model-index" in card and "| red |" in card
 
 
+def test_sample_images_are_the_test_images_of_their_class(trained, parquet_repo):
+    test = datasets.load_dataset(str(parquet_repo))["test"]
+    label_of = {np.asarray(image.convert("RGB")).tobytes(): CLASSES[label]
+                for image, label in zip(test["img"], test["fine_label"])}
+    manifest = json.loads((trained / "samples" / "manifest.json").read_text())
+    gallery = [e for e in manifest if e["kind"] == "gallery"]
+    assert sorted(e["label"] for e in gallery) == sorted(CLASSES * 5)
+    pictures = set()
+    for entry in manifest:
+        pixels = np.asarray(Image.open(trained / "samples" / entry["file"]).convert("RGB")).tobytes()
+        assert label_of[pixels] == entry["label"], entry
+        pictures.add((entry["kind"], pixels))
+    assert len(pictures) == len(manifest)  # no picture twice in a gallery
+
+
 def test_timm_alone_reproduces_the_reported_test_accuracy(trained, parquet_repo):
     """The format test: timm rebuilds the model and its own data config reproduces our eval preprocessing."""
     model = timm.create_model(f"local-dir:{trained}", pretrained=True).eval()
