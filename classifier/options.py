@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = p.add_argument_group("output")
     out.add_argument("--output-dir", help="model folder to write (default: runs/<dataset name>)")
+    out.add_argument("--weights-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                     help="dtype of the exported model.safetensors (float16 halves its size; metrics are "
+                          "computed before the cast)")
     out.add_argument("--samples-per-class", type=int, default=10,
                      help="random test images per class saved in samples/ for the app's gallery (0 = none)")
     out.add_argument("--failure-samples", type=int, default=30,

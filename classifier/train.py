@@ -375,7 +375,7 @@ def write_model_folder(args, model, label_names, history, final, final_split, we
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     preset = find_preset(args.dataset)
     # safetensors stores contiguous tensors only; channels_last was for speed
-    model = model.to(memory_format=torch.contiguous_format)
+    model = model.to(memory_format=torch.contiguous_format, dtype=getattr(torch, args.weights_dtype))
     export(model, staging, label_names, data_config(args.img_size, mean, std), model_args,
            tag=dataset_slug(args.dataset))
     command = "accelerate launch train_accelerate.py " + shlex.join(sys.argv[1:])

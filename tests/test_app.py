@@ -116,3 +116,27 @@ def test_rest_endpoint_and_health(server, corpus):
     with open(corpus / "text.png", "rb") as f:
         response = httpx.post(f"{base}/api/classify", files={"file": ("text.png", f, "image/png")})
     assert response.status_code == 422 and "not an image format" in response.json()["error"]
+
+
+def test_uploads_over_the_size_cap_are_refused(client, server, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(21 * 2**20))  # over the 20 MB cap
+    with pytest.raises(Exception, match="(?i)too large|maximum|size"):
+        client.predict(handle_file(str(big)), 3, api_name="/predict")
+    with open(big, "rb") as f:
+        response = httpx.post(f"{server[0]}api/classify", files={"file": ("big.png", f, "image/png")})
+    assert response.status_code == 413
+
+
+def test_unreachable_hub_model_falls_back_to_the_bundled_one(trained, tmp_path, monkeypatch):
+    import shutil
+
+    import classifier.predict as predict
+
+    bundled = tmp_path / "models"
+    shutil.copytree(trained, bundled / "blobs")
+    monkeypatch.setattr(predict, "BUNDLED_MODELS", bundled)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    predictors, notice = predict.load_predictors("someone/not-cached-anywhere")
+    assert list(predictors) == ["blobs"]
+    assert "someone/not-cached-anywhere" in notice and "bundled" in notice
