@@ -130,6 +130,14 @@ def load_splits(
     dataset = _with_class_labels(dataset, label_column)
     label_names = list(dataset[train_name].features[label_column].names)
 
+    for name, split in dataset.items():
+        labels = np.asarray(split.with_format("numpy")[label_column]) if len(split) else np.zeros(0)
+        bad = np.flatnonzero((labels < 0) | (labels >= len(label_names)))
+        if len(bad):
+            rows = ", ".join(f"row {r} has label {labels[r]}" for r in bad[:5])
+            raise DataError(f"Split {name!r}: {len(bad)} label(s) outside 0..{len(label_names) - 1} (-1 marks a "
+                            f"missing label): {rows}{' ...' if len(bad) > 5 else ''}.")
+
     train = dataset[train_name]
     if len(train) == 0:
         raise DataError(f"The training split {train_name!r} of {spec!r} is empty.")

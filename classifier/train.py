@@ -158,21 +158,37 @@ def find_checkpoint(output_dir: Path, resume: str) -> Path:
         if not path.is_dir():
             raise TrainingError(f"--resume {resume}: no such checkpoint folder.")
         return path
-    candidates = sorted((output_dir / CHECKPOINT_DIR).glob("step_*"))
+    candidates = sorted(p for p in (output_dir / CHECKPOINT_DIR).glob("step_*") if not p.name.endswith(".partial"))
     if not candidates:
         raise TrainingError(f"--resume latest: no checkpoint in {output_dir / CHECKPOINT_DIR}.")
     return candidates[-1]
 
 
-def save_checkpoint(accelerator, output_dir: Path, progress: Progress, limit: int) -> None:
+def save_checkpoint(accelerator, model, output_dir: Path, progress: Progress, limit: int) -> None:
+    """Save only finite weights, under a temporary name renamed when complete: a run killed or diverging at
+    any moment leaves the newest checkpoint a good one."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise TrainingError(
+            f"Model weights became non-finite by optimizer step {progress.optimizer_steps} (epoch "
+            f"{progress.epoch + 1}); the checkpoint was not saved. Lower --lr or set --clip-grad and "
+            f"--resume latest from the last good checkpoint in {output_dir / CHECKPOINT_DIR}.")
     folder = output_dir / CHECKPOINT_DIR / f"step_{progress.optimizer_steps:08d}"
-    accelerator.save_state(str(folder))
+    partial = folder.with_name(folder.name + ".partial")
     if accelerator.is_main_process:
-        for old in sorted((output_dir / CHECKPOINT_DIR).glob("step_*"))[:-limit]:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for old in sorted((output_dir / CHECKPOINT_DIR).glob("step_[0-9]*[0-9]"))[:-limit]:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def check_output_dir(output_dir: Path) -> None:
+def check_output_dir(output_dir: Path, needed_bytes: int) -> None:
     """Fail before training, not after an hour of it, if the model folder cannot be written."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -181,6 +197,10 @@ def check_output_dir(output_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise TrainingError(f"Cannot write to --output-dir {output_dir}: {e}") from e
+    free = shutil.disk_usage(output_dir).free
+    if free < needed_bytes:
+        raise TrainingError(f"Only {free / 2**20:.0f} MB free at {output_dir}; this run needs about "
+                            f"{needed_bytes / 2**20:.0f} MB (model folder and checkpoints).")
 
 
 def run(args) -> dict:
@@ -191,8 +211,6 @@ def run(args) -> dict:
         mixed_precision=mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=report_to, project_dir=str(output_dir / LOG_DIR),
     )
-    if accelerator.is_main_process:
-        check_output_dir(output_dir)
     set_seed(args.seed)
 
     # -- data: the main process decodes and fills the cache, the others then read it
@@ -214,6 +232,11 @@ def run(args) -> dict:
     model_args = {"drop_rate": args.drop_rate} if args.drop_rate else {}
     model, weights_source = create_model(args.model, num_classes, args.pretrained, args.pretrained_file, **model_args)
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    if accelerator.is_main_process:
+        # weights + optimizer state per kept checkpoint, plus the exported weights, with room to spare
+        weight_bytes = sum(p.numel() * 4 for p in model.parameters())
+        keep = args.checkpoint_limit if args.checkpoint_every else 0
+        check_output_dir(output_dir, weight_bytes * (3 * keep + 2) + 50 * 2**20)
     model = model.to(memory_format=torch.channels_last)
     world = accelerator.num_processes
     batch_size = min(args.batch_size, len(train_data) // world)
@@ -242,6 +265,10 @@ def run(args) -> dict:
     if args.resume:
         checkpoint = find_checkpoint(output_dir, args.resume)
         accelerator.load_state(str(checkpoint))
+        # the lr given now wins over the checkpoint's (e.g. a lower one after a divergence); same lr: no change
+        scheduler.base_lrs = [args.lr for _ in scheduler.base_lrs]
+        for group, lr in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
         accelerator.print(f"Resumed from {checkpoint} (epoch {progress.epoch + 1}, batch {progress.batches_done}).")
 
     device = accelerator.device
@@ -314,7 +341,7 @@ def run(args) -> dict:
                                 step=progress.optimizer_steps)
                 window_start, window_losses, window_correct = time.perf_counter(), [], []
             if checkpoint_due:
-                save_checkpoint(accelerator, output_dir, progress, args.checkpoint_limit)
+                save_checkpoint(accelerator, model, output_dir, progress, args.checkpoint_limit)
         bar.close()
 
         val, _ = evaluate_split(model, val_loader, accelerator, mean_t, std_t, num_classes)
@@ -339,7 +366,7 @@ def run(args) -> dict:
         progress.epoch, progress.batches_done = epoch + 1, 0
         progress.running = Progress().running
         if args.checkpoint_every == "epoch":
-            save_checkpoint(accelerator, output_dir, progress, args.checkpoint_limit)
+            save_checkpoint(accelerator, model, output_dir, progress, args.checkpoint_limit)
 
     # -- final evaluation: the test split is touched here and only here
     final_split = "test" if test_loader is not None else "validation"
@@ -406,6 +433,9 @@ def main(argv=None) -> None:
         run(args)
     except (DataError, ModelSourceError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # disk full, permissions... while writing: the model folder was not replaced
+        print(f"error: writing the output failed ({e}); {args.output_dir} holds no new model.", file=sys.stderr)
         sys.exit(2)
     if args.push_to_hub and PartialState().is_main_process:
         from .hub import HubError, push_folder

@@ -1,0 +1,153 @@
+"""Training under faults: kill -9, divergence, unwritable or full disks, bad datasets, secrets."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from classifier.data import DataError, load_splits
+
+from .conftest import CLASSES, FAST, make_examples, train, write_parquet_repo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train_accelerate.py", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, **kwargs))
+
+
+def test_kill_9_mid_epoch_then_resume_latest_is_bit_identical(parquet_repo, tmp_path):
+    args = ["--dataset", parquet_repo, "--epochs", "3", "--checkpoint-every", "1", "--checkpoint-limit", "3", *FAST]
+    train(*args, "--output-dir", tmp_path / "uninterrupted")
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "train_accelerate.py", *map(str, args), "--output-dir", str(out)],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    # 6 steps per epoch: step 8 is in the middle of epoch 2
+    while not (out / "checkpoints" / "step_00000008").exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (out / "config.json").exists()
+
+    train(*args, "--output-dir", out, "--resume", "latest")
+    expected, resumed = load_file(tmp_path / "uninterrupted" / "model.safetensors"), load_file(out / "model.safetensors")
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(parquet_repo, tmp_path):
+    out = tmp_path / "model"
+    args = ["--dataset", parquet_repo, "--output-dir", out, "--checkpoint-every", "2", *FAST]
+    train(*args, "--epochs", "1")
+    good = sorted((out / "checkpoints").glob("step_*"))[-1]
+    (out / "config.json").unlink()
+
+    failed = run_cli(*args, "--epochs", "2", "--resume", "latest", "--lr", "nan")
+    assert failed.returncode == 2, failed.stderr[-2000:]
+    assert "non-finite" in failed.stderr or "Loss became nan" in failed.stderr
+    assert "step" in failed.stderr or "batch" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert sorted((out / "checkpoints").glob("step_*"))[-1] == good  # nothing non-finite was saved
+    assert not (out / "config.json").exists()
+
+    train(*args, "--epochs", "2", "--resume", "latest")
+    weights = load_file(out / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_unwritable_output_dir_fails_before_training(parquet_repo, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_cli("--dataset", parquet_repo, "--output-dir", blocker / "model", "--epochs", "1", *FAST)
+    assert result.returncode == 2
+    assert "Cannot write to --output-dir" in result.stderr
+    assert "epoch 1/1" not in result.stdout + result.stderr
+
+
+def test_full_disk_is_reported_before_training(parquet_repo, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import classifier.train as train_module
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(train_module.shutil, "disk_usage", lambda path: usage._replace(free=10 * 2**20))
+    with pytest.raises(SystemExit) as exited:
+        train("--dataset", parquet_repo, "--output-dir", tmp_path / "model", "--epochs", "1", *FAST)
+    assert exited.value.code == 2
+    err = capsys.readouterr()
+    assert "MB free" in err.err and "epoch 1/1" not in err.out
+
+
+def test_a_failed_write_never_leaves_a_folder_that_looks_complete(parquet_repo, tmp_path, monkeypatch):
+    import classifier.train as train_module
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_module.report, "model_card", disk_full)
+    out = tmp_path / "model"
+    with pytest.raises(SystemExit):
+        train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "1", *FAST)
+    assert not (out / "config.json").exists() and not (out / "model.safetensors").exists()
+
+
+def test_the_token_never_reaches_the_outputs(parquet_repo, tmp_path, monkeypatch):
+    token = "hf_NeverWriteMe0123456789"
+    monkeypatch.setenv("HF_TOKEN", token)
+    out = tmp_path / "model"
+    train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "1", "--report-to", "tensorboard", *FAST)
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
+
+
+def parquet(folder: Path, columns: dict, features: datasets.Features, split="train") -> Path:
+    ds = datasets.Dataset.from_dict(columns, features=features)
+    ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+def test_bad_datasets_are_refused_before_training(tmp_path):
+    images = [im for im, _ in make_examples(3, 0)]
+    labels = datasets.ClassLabel(names=CLASSES)
+    no_image = parquet(tmp_path / "no_image", {"text": ["a"] * 12, "label": [0, 1, 2, 3] * 3},
+                       datasets.Features({"text": datasets.Value("string"), "label": labels}))
+    with pytest.raises(DataError, match="No image column"):
+        load_splits(str(no_image))
+
+    too_small = parquet(tmp_path / "small", {"image": images[:3], "label": [0, 1, 2]},
+                        datasets.Features({"image": datasets.Image(), "label": labels}))
+    with pytest.raises(DataError, match="Cannot carve a stratified"):
+        load_splits(str(too_small))
+
+    empty = tmp_path / "empty"
+    parquet(empty, {"image": [], "label": []}, datasets.Features({"image": datasets.Image(), "label": labels}))
+    with pytest.raises(DataError, match="empty"):
+        load_splits(str(empty))
+
+
+def test_labels_out_of_range_name_the_row(tmp_path):
+    examples = make_examples(6, 0)
+    labels = [lb for _, lb in examples]
+    labels[5] = -1  # datasets' marker for a missing class label
+    folder = parquet(tmp_path / "bad_labels", {"image": [im for im, _ in examples], "label": labels},
+                     datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)}))
+    result = run_cli("--dataset", folder, "--output-dir", tmp_path / "out", "--epochs", "1", "--val-fraction", "0.25",
+                     *FAST)
+    assert result.returncode == 2
+    assert "label(s) outside 0..3" in result.stderr and "row 5 has label -1" in result.stderr
