@@ -104,7 +104,7 @@ def load_folder(folder: str | Path) -> LoadedModel:
     except Exception as e:
         raise ModelSourceError(f"Cannot load the model in {folder}: {type(e).__name__}: {e}") from e
     model.eval()
-    num_classes = config.get("num_classes")
+    num_classes = model.num_classes
     label_names = list(config.get("label_names") or [str(i) for i in range(num_classes)])
     if len(label_names) != num_classes:
         raise ModelSourceError(f"{folder}: {len(label_names)} label names for {num_classes} classes.")
