@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import csv
 import re
+import subprocess
+import sys
+from pathlib import Path
 import random
 import httpx
 import pytest
@@ -140,3 +143,12 @@ def test_unreachable_hub_model_falls_back_to_the_bundled_one(trained, tmp_path, 
     predictors, notice = predict.load_predictors("someone/not-cached-anywhere")
     assert list(predictors) == ["blobs"]
     assert "someone/not-cached-anywhere" in notice and "bundled" in notice
+
+
+def test_load_script_runs_and_reports(trained):
+    """The full 16 x 200 run is in docs/PERFORMANCE.md; this checks the script itself on a small load."""
+    result = subprocess.run([sys.executable, "-m", "benchmarks.load_app", "--model", str(trained), "--clients", "3",
+                             "--requests", "4"], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "| 3 | 12 | 12 | 0 |" in result.stdout
