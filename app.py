@@ -10,6 +10,7 @@ import os
 
 import uvicorn
 
+from classifier.model import ModelSourceError
 from classifier.monitor import RequestMonitor
 from classifier.predict import load_predictors
 from classifier.server import create_app
@@ -24,5 +25,8 @@ parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVE
 if __name__ == "__main__":
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    predictors, notice = load_predictors(args.model, args.revision)
+    try:
+        predictors, notice = load_predictors(args.model, args.revision)
+    except ModelSourceError as e:
+        raise SystemExit(f"error: {e}")
     uvicorn.run(create_app(App(predictors, RequestMonitor()), notice), host=args.host, port=args.port)

@@ -1,21 +1,46 @@
-"""Uploading a model folder to the Hugging Face Hub."""
+"""The Hugging Face Hub: push a model folder, deploy the app as a Space.
+
+    python -m classifier.hub push runs/cifar10 me/resnet18-cifar10 [--private] [--revision BRANCH]
+    python -m classifier.hub deploy-space me/cifar10-demo --model me/resnet18-cifar10 [--model-revision REV]
+        [--private] [--hardware cpu-basic] [--add-token-secret] [--dry-run]
+
+The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT points everything at another Hub.
+"""
 from __future__ import annotations
 
+import argparse
+import re
+import sys
 from pathlib import Path
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # what a training folder holds that is not part of the model repo
 NOT_UPLOADED = ["checkpoints/**", "logs/**", ".staging/**", ".write-test"]
+SPACE_FILES = ["app.py", "requirements.txt", "classifier/**/*.py", "classifier/metrics/**/*.py"]
 
 
 class HubError(RuntimeError):
     """A Hub operation failed; the message says why in plain words (never with the token)."""
 
 
+def _explain(e: Exception, what: str) -> HubError:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(e, HfHubHTTPError):
+        status = e.response.status_code if e.response is not None else None
+        reason = {401: "the token was rejected (log in with `hf auth login` or set HF_TOKEN)",
+                  403: "the token may not write to this repo",
+                  404: "no such repo, or no access to it"}.get(status, str(e).splitlines()[0])
+        return HubError(f"{what} failed: {reason}.")
+    if isinstance(e, (OSError, ConnectionError)) or "connect" in type(e).__name__.lower():
+        return HubError(f"{what} failed: cannot reach the Hub ({type(e).__name__}).")
+    return HubError(f"{what} failed: {type(e).__name__}: {e}")
+
+
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
                 token: str | None = None, commit_message: str | None = None) -> str:
     """Create `repo_id` if needed and upload the model folder (no checkpoints or logs). Returns the repo URL."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     folder = Path(folder)
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
@@ -25,16 +50,125 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        api.upload_folder(
-            repo_id=repo_id, folder_path=str(folder), revision=revision, ignore_patterns=NOT_UPLOADED,
-            commit_message=commit_message or f"Upload {folder.name} trained with image-classifier",
-        )
-    except HfHubHTTPError as e:
-        status = e.response.status_code if e.response is not None else None
-        reason = {401: "the token was rejected (log in with `hf auth login` or set HF_TOKEN)",
-                  403: "the token may not write to this repo"}.get(status, str(e).splitlines()[0])
-        raise HubError(f"Push to {repo_id} failed: {reason}.") from None
-    except Exception as e:  # no network, DNS, TLS...
-        raise HubError(f"Push to {repo_id} failed: cannot reach the Hub ({type(e).__name__}).") from None
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, ignore_patterns=NOT_UPLOADED,
+                          commit_message=commit_message or f"Upload {folder.name} trained with image-classifier")
+    except Exception as e:
+        raise _explain(e, f"Push to {repo_id}") from None
     print(f"Pushed {folder} to {url}")
     return str(url)
+
+
+def space_readme(space_id: str, model_id: str, datasets: list[str], hardware: str) -> str:
+    gradio_pin = re.search(r"^gradio==([\w.]+)", (PROJECT_ROOT / "requirements.txt").read_text(), re.M)
+    lines = [
+        "---", f"title: {space_id.split('/')[-1]}", "emoji: 🖼️", "colorFrom: indigo", "colorTo: blue",
+        "sdk: gradio", f"sdk_version: {gradio_pin.group(1) if gradio_pin else '6.31.0'}", "app_file: app.py",
+        "license: apache-2.0", "short_description: Image classifier (timm) with top-k, galleries, batch",
+        f"models:\n- {model_id}", *([f"datasets:\n" + "\n".join(f"- {d}" for d in datasets)] if datasets else []),
+        "tags:\n- image-classification\n- timm", f"suggested_hardware: {hardware}", "---", "",
+        f"# {space_id.split('/')[-1]}", "",
+        f"Serves [{model_id}](https://huggingface.co/{model_id}) (set by the Space variable `MODEL_ID`).",
+        "Every action is also an API endpoint: see *Use via API* at the bottom of the app.", "",
+    ]
+    return "\n".join(lines)
+
+
+def space_files() -> list[Path]:
+    files = {p for pattern in SPACE_FILES for p in PROJECT_ROOT.glob(pattern) if "__pycache__" not in p.parts}
+    return sorted(p.relative_to(PROJECT_ROOT) for p in files)
+
+
+def model_datasets(model_id: str, revision: str | None, token: str | None) -> list[str]:
+    """The Hub datasets named in the model card, so the Space card can link them."""
+    from huggingface_hub import ModelCard
+
+    try:
+        return list(ModelCard.load(model_id, token=token).data.datasets or [])
+    except Exception:
+        return []
+
+
+def deploy_space(space_id: str, model_id: str, model_revision: str | None = None, private: bool = False,
+                 hardware: str = "cpu-basic", add_token_secret: bool = False, dry_run: bool = False,
+                 token: str | None = None) -> dict:
+    """Create or update a Gradio Space that serves `model_id`. Returns what was (or would be) done."""
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
+
+    variables = {"MODEL_ID": model_id, **({"MODEL_REVISION": model_revision} if model_revision else {})}
+    files = [str(p) for p in space_files()] + ["README.md"]
+    plan = {"space": space_id, "files": files, "variables": variables, "hardware": hardware, "private": private,
+            "secrets": ["HF_TOKEN"] if add_token_secret else []}
+    if dry_run:
+        return plan
+    api = HfApi(token=token)
+    try:
+        model_private = api.model_info(model_id, revision=model_revision).private
+    except Exception as e:
+        raise _explain(e, f"Looking up the model {model_id}") from None
+    if model_private and not add_token_secret:
+        print(f"Note: {model_id} is private; the Space needs an HF_TOKEN secret to download it. "
+              "Add it on the Space's settings page, or run again with --add-token-secret.", file=sys.stderr)
+    try:
+        url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        readme = space_readme(space_id, model_id, model_datasets(model_id, model_revision, token), hardware)
+        operations = [CommitOperationAdd(path, str(PROJECT_ROOT / path)) for path in files if path != "README.md"]
+        operations.append(CommitOperationAdd("README.md", readme.encode()))
+        api.create_commit(space_id, operations, repo_type="space", commit_message=f"Deploy the app for {model_id}")
+        for key, value in variables.items():
+            api.add_space_variable(space_id, key, value)
+        if add_token_secret:
+            secret = token or get_token()
+            if not secret:
+                raise HubError("--add-token-secret: no token found (set HF_TOKEN or run `hf auth login`).")
+            api.add_space_secret(space_id, "HF_TOKEN", secret)
+        if hardware != "cpu-basic":
+            api.request_space_hardware(space_id, hardware)
+    except HubError:
+        raise
+    except Exception as e:
+        raise _explain(e, f"Deploying {space_id}") from None
+    print(f"Deployed {url} serving {model_id}")
+    return plan
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m classifier.hub", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    push = commands.add_parser("push", help="upload a model folder (without checkpoints and logs)")
+    push.add_argument("folder")
+    push.add_argument("repo_id")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision", help="branch to push to (created if needed)")
+    space = commands.add_parser("deploy-space", help="create or update a Gradio Space serving a Hub model")
+    space.add_argument("space_id")
+    space.add_argument("--model", required=True, help="Hub model id the Space serves (Space variable MODEL_ID)")
+    space.add_argument("--model-revision", help="pin the model revision (Space variable MODEL_REVISION)")
+    space.add_argument("--private", action="store_true")
+    space.add_argument("--hardware", default="cpu-basic", help="Space hardware flavour")
+    space.add_argument("--add-token-secret", action="store_true",
+                       help="store your token as the Space secret HF_TOKEN (needed for a private model)")
+    space.add_argument("--dry-run", action="store_true", help="list files and settings, upload nothing")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "push":
+            push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision)
+        else:
+            plan = deploy_space(args.space_id, args.model, args.model_revision, args.private, args.hardware,
+                                args.add_token_secret, args.dry_run)
+            if args.dry_run:
+                print(f"Would create/update the Space {plan['space']} (private={plan['private']}, "
+                      f"hardware={plan['hardware']}) with:")
+                for f in plan["files"]:
+                    print(f"  {f}")
+                for key, value in plan["variables"].items():
+                    print(f"  variable {key}={value}")
+                for key in plan["secrets"]:
+                    print(f"  secret {key}")
+    except HubError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The Hub round trip against the loopback stand-in (tests/hub_standin.py): push, pull with timm and the app,
+datasets from the Hub, Space deployment, and failures. Hub clients run in subprocesses because
+huggingface_hub reads HF_ENDPOINT / HF_HUB_OFFLINE / HF_HUB_DISABLE_XET when it is imported."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import FAST, free_port, make_examples, write_parquet_repo
+from .hub_standin import HubStandIn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def hub():
+    standin = HubStandIn().start()
+    yield standin
+    standin.stop()
+
+
+def hub_env(hub: HubStandIn, home: Path, token: str | None = None) -> dict:
+    return dict(os.environ, HF_ENDPOINT=hub.url, HF_TOKEN=token or hub.token, HF_HUB_OFFLINE="0",
+                HF_HUB_DISABLE_XET="1", HF_UPDATE_DOWNLOAD_COUNTS="0", HF_HOME=str(home),
+                HF_HUB_ETAG_TIMEOUT="5", HF_HUB_DOWNLOAD_TIMEOUT="10", PYTHONPATH=str(ROOT))
+
+
+def python(env: dict, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+SAME_LOGITS = """
+import sys, timm, torch
+hub = timm.create_model("hf-hub:" + sys.argv[1], pretrained=True).eval()
+local = timm.create_model("local-dir:" + sys.argv[2], pretrained=True).eval()
+x = torch.randn(3, 3, 32, 32)
+with torch.inference_mode():
+    assert torch.equal(hub(x), local(x)), "logits differ"
+print("identical")
+"""
+
+
+def test_train_with_push_then_timm_loads_it_from_the_hub(hub, parquet_repo, tmp_path):
+    env = hub_env(hub, tmp_path / "home")
+    out = tmp_path / "model"
+    result = python(env, "train_accelerate.py", "--dataset", parquet_repo, "--output-dir", out, "--epochs", "1",
+                    "--checkpoint-every", "epoch", "--push-to-hub", "tester/blobs", *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stored = set(hub.repos[("model", "tester/blobs")].files)
+    assert {"config.json", "model.safetensors", "README.md", "metrics.json"} <= stored
+    assert not any(f.startswith(("checkpoints/", "logs/")) for f in stored)
+    check = python(env, "-c", SAME_LOGITS, "tester/blobs", out)
+    assert check.returncode == 0 and "identical" in check.stdout, check.stderr[-3000:]
+
+
+def test_push_uploads_exactly_the_model_folder(hub, trained, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder)
+    (folder / "checkpoints" / "step_00000001").mkdir(parents=True)
+    (folder / "checkpoints" / "step_00000001" / "model.safetensors").write_bytes(b"0")
+    (folder / "logs").mkdir()
+    (folder / "logs" / "events").write_bytes(b"0")
+    result = python(hub_env(hub, tmp_path / "home"), "-m", "classifier.hub", "push", folder, "tester/pushed")
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
+                and p.relative_to(folder).parts[0] not in ("checkpoints", "logs")}
+    assert set(hub.repos[("model", "tester/pushed")].files) == expected
+    assert "tester/pushed" in result.stdout
+
+
+def test_deploy_space_creates_the_repo_and_sets_model_id(hub, trained, tmp_path):
+    env = hub_env(hub, tmp_path / "home")
+    assert python(env, "-m", "classifier.hub", "push", trained, "tester/blobs").returncode == 0
+    dry = python(env, "-m", "classifier.hub", "deploy-space", "tester/demo", "--model", "tester/blobs", "--dry-run")
+    assert dry.returncode == 0 and "app.py" in dry.stdout and "variable MODEL_ID=tester/blobs" in dry.stdout
+    assert ("space", "tester/demo") not in hub.repos
+    result = python(env, "-m", "classifier.hub", "deploy-space", "tester/demo", "--model", "tester/blobs",
+                    "--model-revision", "main")
+    assert result.returncode == 0, result.stderr[-3000:]
+    space = hub.repos[("space", "tester/demo")]
+    assert {"app.py", "requirements.txt", "README.md", "classifier/ui.py", "classifier/server.py",
+            "classifier/metrics/classification_report/classification_report.py"} <= set(space.files)
+    assert not any(f.startswith(("tests/", "models/", "runs/")) for f in space.files)
+    readme = space.files["README.md"].decode()
+    assert "sdk: gradio" in readme and "app_file: app.py" in readme and "- tester/blobs" in readme
+    assert space.variables == {"MODEL_ID": "tester/blobs", "MODEL_REVISION": "main"}
+
+
+def start_app(env: dict) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    app = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert app.poll() is None, app.stderr.read()[-3000:]
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return app, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    app.kill()
+    pytest.fail("app did not start")
+
+
+def test_app_pulls_model_id_and_falls_back_when_the_hub_is_gone(hub, trained, corpus_image, tmp_path):
+    env = hub_env(hub, tmp_path / "home")
+    assert python(env, "-m", "classifier.hub", "push", trained, "tester/blobs").returncode == 0
+    env["MODEL_ID"] = "tester/blobs"
+    app, url = start_app(env)
+    try:
+        health = httpx.get(f"{url}/healthz").json()
+        assert health["models"][0] == "tester/blobs" and health["notice"] is None
+        with open(corpus_image, "rb") as f:
+            response = httpx.post(f"{url}/api/classify", params={"model": "tester/blobs"}, files={"file": f})
+        assert response.status_code == 200 and response.json()["model"] == "tester/blobs"
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+
+    hub.stop()
+    env["HF_HOME"] = str(tmp_path / "empty-home")  # nothing cached: the Hub is really needed
+    app, url = start_app(env)
+    try:
+        health = httpx.get(f"{url}/healthz").json()
+        assert "tester/blobs" not in health["models"] and health["models"]  # the bundled model(s)
+        assert "Could not load tester/blobs" in health["notice"]
+        page = httpx.get(url + "/").text
+        assert "Could not load tester/blobs" in page or "notice" in page
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+    hub.start = lambda: hub  # already stopped; the fixture's stop() must not fail
+    hub.stop = lambda: None
+
+
+@pytest.fixture
+def corpus_image(tmp_path):
+    import random
+
+    from .conftest import shape_image
+
+    path = tmp_path / "blob.png"
+    shape_image("red", random.Random(1), 64).save(path)
+    return path
+
+
+def test_dataset_repo_on_the_hub_trains_and_streams(hub, tmp_path):
+    repo = write_parquet_repo(tmp_path / "ds", {"train": make_examples(20, 0), "test": make_examples(5, 1)})
+    hub.add_files("dataset", "tester/blobs-data",
+                  {str(p.relative_to(repo)): p.read_bytes() for p in repo.rglob("*.parquet")})
+    env = hub_env(hub, tmp_path / "home")
+    out = tmp_path / "model"
+    result = python(env, "train_accelerate.py", "--dataset", "tester/blobs-data", "--output-dir", out,
+                    "--epochs", "1", *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["final"]["num_samples"] == 20
+    stream = python(env, "-c", "import datasets; s = datasets.load_dataset('tester/blobs-data', split='train', "
+                               "streaming=True); print(sorted(next(iter(s))))")
+    assert stream.returncode == 0 and "['fine_label', 'img']" in stream.stdout, stream.stderr[-3000:]
+
+
+def test_push_with_a_bad_token_or_no_server(hub, trained, tmp_path):
+    before = {p.name: p.stat().st_mtime_ns for p in trained.iterdir()}
+    bad_token = "hf_wrongwrongwrong1234"
+    rejected = python(hub_env(hub, tmp_path / "home", token=bad_token), "-m", "classifier.hub", "push", trained,
+                      "tester/blobs")
+    assert rejected.returncode == 3
+    assert "token was rejected" in rejected.stderr
+    assert bad_token not in rejected.stdout + rejected.stderr
+    env = hub_env(hub, tmp_path / "home")
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    down = python(env, "-m", "classifier.hub", "push", trained, "tester/blobs")
+    assert down.returncode == 3 and "cannot reach the Hub" in down.stderr
+    assert hub.token not in down.stdout + down.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
