@@ -60,8 +60,10 @@ class HubStandIn:
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if self._thread is not None:  # idempotent: a test may stop the Hub early to see the fallback
+            self.server.shutdown()
+            self.server.server_close()
+            self._thread = None
 
     def add_files(self, repo_type: str, repo_id: str, files: dict[str, bytes]) -> None:
         repo = self.repos.setdefault((repo_type, repo_id), Repo(repo_type))
