@@ -78,17 +78,21 @@ class App:
                 self._sample_predictions[predictor.name] = list(zip(predictor.samples, tops))
             return self._sample_predictions[predictor.name]
 
+    def _gallery(self, predictor: Predictor, class_name: str) -> list[tuple[str, str]]:
+        return [(str(sample.path), f"true: {sample.label} · predicted: {top[0][0]} ({100 * top[0][1]:.0f} %)")
+                for sample, top in self._predicted_samples(predictor)
+                if sample.kind == "gallery" and class_name in (ALL_CLASSES, None, "", sample.label)]
+
     def samples(self, class_name: str = ALL_CLASSES, model: str | None = None):
         predictor = self.predictor(model)
         start = time.perf_counter()
-        items = [(str(sample.path), f"true: {sample.label} · predicted: {top[0][0]} ({100 * top[0][1]:.0f} %)")
-                 for sample, top in self._predicted_samples(predictor)
-                 if sample.kind == "gallery" and class_name in (ALL_CLASSES, None, "", sample.label)]
+        items = self._gallery(predictor, class_name)
         self.monitor.record("samples", 1000 * (time.perf_counter() - start), model=predictor.name)
         return items
 
     def classify_sample(self, class_name: str, top_k: int, model: str | None, evt: gr.SelectData):
-        items = self.samples(class_name, model)
+        # a click is a classification, not a gallery request: it must not count as one in the stats
+        items = self._gallery(self.predictor(model), class_name)
         return self.classify(items[evt.index][0], top_k, model)
 
     def failures(self, model: str | None = None):

@@ -16,6 +16,8 @@ os.environ["HF_HOME"] = str(_SANDBOX / "hf_home")
 os.environ["CLASSIFIER_CACHE"] = str(_SANDBOX / "tensor_cache")
 
 import datasets  # noqa: E402
+
+from benchmarks.load_app import free_port  # noqa: E402,F401  (shared with the load script)
 from PIL import Image, ImageDraw  # noqa: E402
 
 CLASSES = ["red", "green", "blue", "yellow"]
@@ -107,14 +109,6 @@ def trained(parquet_repo, tmp_path_factory) -> Path:
     train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "4", "--optimizer", "adamw", "--lr", "3e-3",
           "--weight-decay", "0.05", "--mixed-precision", "no", "--samples-per-class", "5", *FAST)
     return out
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
