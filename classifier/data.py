@@ -4,7 +4,8 @@
 folder, Kaggle's `seg_train/seg_test` layout), finds the image and label columns from the
 features and returns train/validation/test. `decode_split` turns one split into a uint8 tensor
 (N, 3, H, W) using the PIL stage of timm's eval transform, cached on disk by dataset fingerprint,
-so each image is decoded once per machine instead of once per epoch.
+so each image is decoded once per machine instead of once per epoch. A training set too large for
+that is read through `StreamedSplit` instead: the same decoding per batch, in DataLoader workers.
 """
 from __future__ import annotations
 
@@ -244,39 +245,81 @@ def decode_split(
         with np.load(path, allow_pickle=False) as stored:
             return _as_tensors(stored["images"], stored["labels"], stored["rows"], int(stored["skipped"]))
 
-    transform = pil_stage(size, interpolation, crop_pct)
-    raw = split.cast_column(image_column, datasets.Image(decode=False)).select_columns([image_column, label_column])
-    images = np.empty((len(raw), size, size, 3), dtype=np.uint8)
-    labels = np.empty(len(raw), dtype=np.int64)
-    rows = np.empty(len(raw), dtype=np.int64)
-    kept, row = 0, -1
-    with tqdm(total=len(raw), desc=desc, unit="img", disable=None) as bar:
-        for batch in raw.iter(batch_size=256):
-            for item, label in zip(batch[image_column], batch[label_column]):
-                row += 1
-                bar.update(1)
-                where = f"row {row}" + (f" ({item['path']})" if item.get("path") else "")
-                try:
-                    if label is None or not 0 <= label < num_classes:
-                        raise BadImageError(f"{where} has label {label}, outside 0..{num_classes - 1}")
-                    image = transform(open_rgb(item["bytes"] or item["path"], name=where))
-                except BadImageError as e:
-                    if skip_bad_images:
-                        continue
-                    raise DataError(f"{desc}: {e} Fix or remove it, or pass --skip-bad-images.") from e
-                images[kept] = np.asarray(image)
-                labels[kept], rows[kept] = label, row
-                kept += 1
-    skipped = len(raw) - kept
+    stream = StreamedSplit(split, image_column, label_column, num_classes, size, interpolation, crop_pct)
+    images = np.empty((len(stream), size, size, 3), dtype=np.uint8)
+    labels = np.empty(len(stream), dtype=np.int64)
+    rows = np.empty(len(stream), dtype=np.int64)
+    kept = 0
+    with tqdm(total=len(stream), desc=desc, unit="img", disable=None) as bar:
+        for start in range(0, len(stream), 256):
+            batch_images, batch_labels, batch_rows, failed = stream.__getitems__(
+                list(range(start, min(start + 256, len(stream)))))
+            if failed and not skip_bad_images:
+                raise DataError(f"{desc}: {failed[0]} Fix or remove it, or pass --skip-bad-images.")
+            n = len(batch_labels)
+            images[kept:kept + n] = batch_images.permute(0, 2, 3, 1).numpy()
+            labels[kept:kept + n], rows[kept:kept + n] = batch_labels.numpy(), batch_rows.numpy()
+            kept += n
+            bar.update(len(batch_rows) + len(failed))
+    skipped = len(stream) - kept
     images, labels, rows = images[:kept], labels[:kept], rows[:kept]
     if kept == 0:
-        raise DataError(f"{desc}: none of the {len(raw)} images could be used.")
+        raise DataError(f"{desc}: none of the {len(stream)} images could be used.")
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, images=images, labels=labels, rows=rows, skipped=skipped)
         os.replace(tmp, path)  # atomic: concurrent processes never read a half-written cache
     return _as_tensors(images, labels, rows, skipped)
+
+
+class StreamedSplit(torch.utils.data.Dataset):
+    """A split decoded batch by batch (in DataLoader workers) for training sets too large to keep decoded.
+
+    Each image goes through exactly the steps `decode_split` applies, so a batch is bit-identical to the
+    same rows of the in-memory tensor and a run gives the same weights on either path.
+    """
+
+    def __init__(self, split: datasets.Dataset, image_column: str, label_column: str, num_classes: int, size: int,
+                 interpolation: str = "bilinear", crop_pct: float = 1.0):
+        self.raw = split.cast_column(image_column, datasets.Image(decode=False)).select_columns(
+            [image_column, label_column])
+        self.image_column, self.label_column = image_column, label_column
+        self.num_classes = num_classes
+        self.transform = pil_stage(size, interpolation, crop_pct)
+
+    def __len__(self):
+        return len(self.raw)
+
+    def __getitems__(self, rows: list[int]):
+        """-> uint8 images (b, 3, H, W) in channels_last memory, their labels and rows, and a message for each
+        row that could not be used. Failures come back as messages, not exceptions, so the training process
+        reports them without a worker's traceback, or skips them."""
+        batch = self.raw[rows]
+        images, labels, kept, failed = [], [], [], []
+        for row, item, label in zip(rows, batch[self.image_column], batch[self.label_column]):
+            where = f"row {row}" + (f" ({item['path']})" if item.get("path") else "")
+            try:
+                if label is None or not 0 <= label < self.num_classes:
+                    raise BadImageError(f"{where} has label {label}, outside 0..{self.num_classes - 1}")
+                images.append(np.asarray(self.transform(open_rgb(item["bytes"] or item["path"], name=where))))
+            except BadImageError as e:
+                failed.append(str(e))
+                continue
+            labels.append(label)
+            kept.append(row)
+        images = np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8)
+        # NHWC storage viewed as NCHW is exactly torch's channels_last layout: no copy, and convs prefer it
+        return (torch.from_numpy(images).permute(0, 3, 1, 2), torch.tensor(labels, dtype=torch.int64),
+                torch.tensor(kept, dtype=torch.int64), failed)
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes a decoded training set may take: a quarter of the RAM, and of the GPU's memory when it lives there."""
+    budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    if device.type == "cuda":
+        budget = min(budget, torch.cuda.get_device_properties(device).total_memory // 4)
+    return budget
 
 
 def _as_tensors(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, skipped: int) -> TensorSplit:

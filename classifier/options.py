@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 
 from .augment import AUGMENT_LEVELS
@@ -36,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--skip-bad-images", action="store_true",
                       help="skip and count images that fail to decode instead of stopping")
     data.add_argument("--no-data-cache", action="store_true", help="decode images again instead of using the cache")
+    data.add_argument("--data-path", choices=["auto", "memory", "stream"], default="auto",
+                      help="memory: decode the training set once and keep it as a uint8 tensor on the device; "
+                           "stream: decode each batch in DataLoader workers (for sets that do not fit); "
+                           "auto: memory when it takes under a quarter of RAM (and of GPU memory)")
+    data.add_argument("--data-workers", type=int, default=min(8, os.cpu_count() or 1),
+                      help="DataLoader workers decoding batches when streaming")
 
     model = p.add_argument_group("model")
     model.add_argument("--model", default="resnet18", help="any timm model name (or name.tag)")
@@ -68,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0 = off)")
     train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
                        help="auto = bf16 where the device supports it (CUDA, recent CPUs), else no")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (inductor); compiling takes a minute or more before the first step")
     train.add_argument("--seed", type=int, default=0)
 
     out = p.add_argument_group("output")

@@ -31,7 +31,7 @@ GENERIC_RECIPE = dict(
 
 PRESETS = {
     # 32 px images: timm's resnet18 stem would shrink them to 8x8 maps, so they are upsampled.
-    "cifar10": Preset(path="uoft-cs/cifar10", recipe=dict(GENERIC_RECIPE, img_size=64, epochs=15, batch_size=256)),
+    "cifar10": Preset(path="uoft-cs/cifar10", recipe=dict(GENERIC_RECIPE, img_size=64, epochs=12, batch_size=256)),
     # A public copy of Kaggle's puneet6060/intel-image-classification in its original folder layout.
     "intel": Preset(
         path="sfarrukhm/intel-image-classification",

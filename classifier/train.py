@@ -2,7 +2,9 @@
 
 One `Accelerator` owns devices, precision, distribution, checkpoints and trackers. Training
 images live as one uint8 tensor on the training device; each step indexes a batch out of it and
-augments it there (classifier.augment), so no DataLoader workers are needed for training.
+augments it there (classifier.augment), so no DataLoader workers are needed for training. A
+training set too large for memory is streamed instead: DataLoader workers decode the same batches
+to the same uint8 tensors, and everything after that is shared.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from tqdm.auto import tqdm
 from . import metrics as metrics_lib
 from . import report
 from .augment import BatchAugment, normalize
-from .data import DataError, TensorSplit, decode_split, load_splits, typical_size
+from .data import DataError, StreamedSplit, TensorSplit, decode_split, load_splits, memory_budget, typical_size
 from .model import ModelSourceError, create_model, data_config, export, replace_folder_contents
 from .options import dataset_slug, parse_args
 from .presets import find_preset
@@ -101,6 +103,24 @@ def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, wor
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
     per_step = batch_size * world
     return [order[s * per_step + rank * batch_size: s * per_step + (rank + 1) * batch_size] for s in range(n // per_step)]
+
+
+def training_inputs(train_data, batches, device, workers: int):
+    """(uint8 images, labels, messages for undecodable rows) for each batch of indices, on `device`."""
+    if isinstance(train_data, TensorSplit):
+        for index in batches:
+            index = index.to(device)
+            yield train_data.images[index], train_data.labels[index], []
+        return
+    loader = torch.utils.data.DataLoader(
+        train_data, batch_sampler=[b.tolist() for b in batches], collate_fn=_already_batched, num_workers=workers,
+        prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda",
+        # its own generator: creating the loader then leaves the global RNG, which draws the augmentations,
+        # exactly where the in-memory path leaves it
+        generator=torch.Generator().manual_seed(0),
+    )
+    for images, labels, _, failed in loader:
+        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True), failed
 
 
 def build_optimizer(args, model):
@@ -204,12 +224,14 @@ def check_output_dir(output_dir: Path, needed_bytes: int) -> None:
 
 
 def run(args) -> dict:
+    started = time.perf_counter()
     output_dir = Path(args.output_dir)
     mixed_precision = resolve_mixed_precision(args.mixed_precision)
     report_to = None if args.report_to == "none" else args.report_to.split(",")
     accelerator = Accelerator(
         mixed_precision=mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=report_to, project_dir=str(output_dir / LOG_DIR),
+        dynamo_backend="inductor" if args.compile else "no",  # accelerate wraps the model in torch.compile
     )
     set_seed(args.seed)
 
@@ -221,10 +243,16 @@ def run(args) -> dict:
         store_size = min(args.img_size, typical_size(splits.train, splits.image_column) or args.img_size)
         decode = dict(image_column=splits.image_column, label_column=splits.label_column, num_classes=num_classes,
                       skip_bad_images=args.skip_bad_images, use_cache=not args.no_data_cache)
-        train_data = decode_split(splits.train, size=store_size, desc="decode train", **decode)
+        train_bytes = len(splits.train) * 3 * store_size ** 2
+        streamed = args.data_path == "stream" or (
+            args.data_path == "auto" and train_bytes > memory_budget(accelerator.device))
+        if streamed:
+            train_data = StreamedSplit(splits.train, splits.image_column, splits.label_column, num_classes, store_size)
+        else:
+            train_data = decode_split(splits.train, size=store_size, desc="decode train", **decode)
         val_data = decode_split(splits.validation, size=args.img_size, desc="decode validation", **decode)
         test_data = decode_split(splits.test, size=args.img_size, desc="decode test", **decode) if splits.test else None
-    skipped = {"train": train_data.skipped, "validation": val_data.skipped, "test": test_data.skipped if test_data else 0}
+    skipped = {"train": 0 if streamed else train_data.skipped, "validation": val_data.skipped, "test": test_data.skipped if test_data else 0}
     if any(skipped.values()):
         accelerator.print(f"Skipped undecodable images: {skipped}")
 
@@ -270,9 +298,13 @@ def run(args) -> dict:
         for group, lr in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
         accelerator.print(f"Resumed from {checkpoint} (epoch {progress.epoch + 1}, batch {progress.batches_done}).")
+        if progress.history:  # the clock continues from the last finished epoch (time lost to a kill is not counted)
+            started -= progress.history[-1]["elapsed_seconds"]
 
     device = accelerator.device
-    images_on_device, labels_on_device = train_data.images.to(device), train_data.labels.to(device)
+    if not streamed:
+        train_data = TensorSplit(train_data.images.to(device), train_data.labels.to(device), train_data.rows)
+    undecodable = set()  # streamed training images that failed to decode (skipped with --skip-bad-images)
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
     augment = BatchAugment(args.augment, args.img_size, mean, std)
     mixup = None
@@ -286,7 +318,8 @@ def run(args) -> dict:
     accelerator.print(
         f"{args.model} ({weights_source}) on {args.dataset}: {len(train_data)} train / {len(val_data)} val"
         f"{f' / {len(test_data)} test' if test_data else ''} images, {num_classes} classes, {args.img_size}px "
-        f"(cached at {store_size}px), {world} process(es) on {device}, precision {mixed_precision}, "
+        f"({'streamed' if streamed else 'cached'} at {store_size}px), {world} process(es) on {device}, "
+        f"precision {mixed_precision}, "
         f"{args.epochs} epochs x {steps_per_epoch} steps"
     )
 
@@ -297,9 +330,12 @@ def run(args) -> dict:
         bar = tqdm(total=len(batches), initial=progress.batches_done, desc=f"epoch {epoch + 1}/{args.epochs}",
                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
         window_start, window_losses, window_correct = time.perf_counter(), [], []
-        for batch_index in range(progress.batches_done, len(batches)):
-            index = batches[batch_index].to(device)
-            x, y = augment(images_on_device[index]), labels_on_device[index]
+        inputs = training_inputs(train_data, batches[progress.batches_done:], device, args.data_workers)
+        for batch_index, (images, y, failed) in enumerate(inputs, start=progress.batches_done):
+            if failed and not args.skip_bad_images:
+                raise DataError(f"decode train: {failed[0]} Fix or remove it, or pass --skip-bad-images.")
+            undecodable.update(failed)
+            x = augment(images)
             targets = y
             if mixup is not None:
                 x, targets = mixup(x, y)
@@ -355,7 +391,8 @@ def run(args) -> dict:
             "val_loss": val["loss"],
             "val_accuracy": val["accuracy"],
             "val_f1": val["f1"],
-            "seconds": running["seconds"],
+            "seconds": running["seconds"],  # training steps only
+            "elapsed_seconds": time.perf_counter() - started,  # since the run started: loading, decoding, evals
         }
         progress.history.append(record)
         accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=progress.optimizer_steps)
@@ -368,6 +405,7 @@ def run(args) -> dict:
         if args.checkpoint_every == "epoch":
             save_checkpoint(accelerator, model, output_dir, progress, args.checkpoint_limit)
 
+    skipped["train"] += len(undecodable)
     # -- final evaluation: the test split is touched here and only here
     final_split = "test" if test_loader is not None else "validation"
     final, final_probs = evaluate_split(model, test_loader or val_loader, accelerator, mean_t, std_t, num_classes)
@@ -386,14 +424,15 @@ def run(args) -> dict:
                 accelerator.print(f"Wrote {count} {final_split} images to samples/ for the app's galleries.")
 
         write_model_folder(args, accelerator.unwrap_model(model), splits.label_names, progress.history, final,
-                           final_split, weights_source, model_args, skipped, mixed_precision, add_samples)
+                           final_split, weights_source, model_args, skipped, mixed_precision,
+                           "stream" if streamed else "memory", add_samples)
         accelerator.print(f"Model folder: {output_dir.resolve()}")
     accelerator.wait_for_everyone()
     return {"history": progress.history, final_split: final}
 
 
 def write_model_folder(args, model, label_names, history, final, final_split, weights_source, model_args,
-                       skipped, mixed_precision, add_extra_files) -> None:
+                       skipped, mixed_precision, data_path, add_extra_files) -> None:
     """Everything is written to a staging folder first and moved in at the end (config.json last)."""
     output_dir = Path(args.output_dir)
     staging = output_dir / ".staging"
@@ -410,7 +449,7 @@ def write_model_folder(args, model, label_names, history, final, final_split, we
                "skipped_images": skipped}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
     training_args = dict(vars(args), weights_source=weights_source, resolved_mixed_precision=mixed_precision,
-                         command=command)
+                         resolved_data_path=data_path, command=command)
     (staging / "training_args.json").write_text(json.dumps(training_args, indent=2, default=str))
     if history:
         report.plot_curves(history, staging / report.CURVES_NAME)

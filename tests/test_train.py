@@ -95,6 +95,20 @@ def test_resume_mid_epoch_equals_uninterrupted(parquet_repo, tmp_path):
         assert torch.equal(uninterrupted[key], resumed[key]), key
 
 
+def test_streamed_training_set_gives_the_same_weights_as_the_in_memory_one(parquet_repo, tmp_path):
+    """The streaming path (DataLoader workers decoding each batch) feeds the loop bit-identical batches."""
+    args = ["--dataset", parquet_repo, "--epochs", "1", "--augment", "strong", "--samples-per-class", "0", *FAST]
+    train(*args, "--output-dir", tmp_path / "memory", "--data-path", "memory")
+    train(*args, "--output-dir", tmp_path / "stream", "--data-path", "stream", "--data-workers", "2")
+    in_memory, streamed = load_file(tmp_path / "memory" / "model.safetensors"), load_file(
+        tmp_path / "stream" / "model.safetensors")
+    assert in_memory.keys() == streamed.keys()
+    for key in in_memory:
+        assert torch.equal(in_memory[key], streamed[key]), key
+    for path in ("memory", "stream"):  # each run really took the path it was given
+        assert json.loads((tmp_path / path / "training_args.json").read_text())["resolved_data_path"] == path
+
+
 def test_pretrained_file_weights_are_loaded(parquet_repo, tmp_path):
     source = timm.create_model("resnet18", num_classes=1000)
     weights = tmp_path / "imagenet-like.safetensors"
@@ -150,17 +164,19 @@ def corrupt_folder(root: Path) -> Path:
     return bad
 
 
-def test_corrupt_image_is_named_or_skipped(tmp_path):
+@pytest.mark.parametrize("data_path", ["memory", "stream"])
+def test_corrupt_image_is_named_or_skipped(tmp_path, data_path):
     corrupt_folder(tmp_path / "data")
     command = [sys.executable, str(ROOT / "train_accelerate.py"), "--dataset", str(tmp_path / "data"),
-               "--output-dir", str(tmp_path / "out"), "--epochs", "1", "--val-fraction", "0.25", *FAST]
+               "--output-dir", str(tmp_path / "out"), "--epochs", "1", "--val-fraction", "0.25",
+               "--data-path", data_path, *FAST]
     failed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=os.environ)
     assert failed.returncode == 2
     assert "broken.png" in failed.stderr and "--skip-bad-images" in failed.stderr
     assert "Traceback" not in failed.stderr
     assert not (tmp_path / "out" / "config.json").exists()
     train("--dataset", tmp_path / "data", "--output-dir", tmp_path / "out", "--epochs", "1", "--val-fraction", "0.25",
-          "--skip-bad-images", *FAST)
+          "--skip-bad-images", "--data-path", data_path, *FAST)
     skipped = json.loads((tmp_path / "out" / "metrics.json").read_text())["skipped_images"]
     assert sum(skipped.values()) == 1
 
