@@ -32,23 +32,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(model: str | None, port: int) -> subprocess.Popen:
-    command = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)]
-    if model:
-        command += ["--model", model]
-    app = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
-    deadline = time.time() + 120
+def start_server(args: list[str], port: int, env: dict | None = None, timeout: float = 120) -> subprocess.Popen:
+    """`python <args>` in the project root, once it answers GET /healthz on `port`; its stderr goes to a
+    temporary file (a pipe nobody reads would block a chatty server) and is quoted if it dies."""
+    log = tempfile.TemporaryFile(mode="w+")
+    env = dict(os.environ if env is None else env, GRADIO_ANALYTICS_ENABLED="False")
+    server = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, env=env)
+    deadline = time.time() + timeout
     while time.time() < deadline:
-        if app.poll() is not None:
-            raise SystemExit(f"the app exited with status {app.returncode} before serving")
+        if server.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"{' '.join(args)} exited with status {server.returncode}:\n{log.read()[-3000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return app
+                return server
         except httpx.HTTPError:
-            time.sleep(0.5)
-    app.kill()
-    raise SystemExit("the app did not answer /healthz within 120 s")
+            time.sleep(0.3)
+    server.kill()
+    raise RuntimeError(f"{' '.join(args)} did not answer /healthz within {timeout:.0f} s")
+
+
+def start_app(model: str | None, port: int, env: dict | None = None) -> subprocess.Popen:
+    """app.py as a Space runs it, on 127.0.0.1:`port`."""
+    return start_server(["app.py", "--host", "127.0.0.1", "--port", str(port), *(["--model", model] if model else [])],
+                        port, env)
 
 
 def run_client(url: str, image: str, requests: int, latencies: list, failures: list) -> None:
@@ -98,8 +105,8 @@ def main(argv=None) -> int:
 
     total = args.clients * args.requests
     ms = np.asarray(latencies) * 1000
-    print(f"| clients | requests | ok | failed | p50 ms | p95 ms | p99 ms | requests/s |")
-    print(f"|---|---|---|---|---|---|---|---|")
+    print("| clients | requests | ok | failed | p50 ms | p95 ms | p99 ms | requests/s |")
+    print("|---|---|---|---|---|---|---|---|")
     p50, p95, p99 = (np.percentile(ms, q) if len(ms) else float("nan") for q in (50, 95, 99))
     print(f"| {args.clients} | {total} | {len(latencies)} | {len(failures)} | {p50:.0f} | {p95:.0f} | {p99:.0f} "
           f"| {len(latencies) / wall:.1f} |")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from classifier.data import DataError, load_splits
 
-from .conftest import CLASSES, FAST, make_examples, train, write_parquet_repo
+from .conftest import CLASSES, FAST, make_examples, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,11 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from benchmarks import load_app
 
 from .conftest import FAST, free_port, make_examples, write_parquet_repo
 from .hub_standin import HubStandIn
@@ -98,19 +99,7 @@ def test_deploy_space_creates_the_repo_and_sets_model_id(hub, trained, tmp_path)
 
 def start_app(env: dict) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    app = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert app.poll() is None, app.stderr.read()[-3000:]
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return app, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    app.kill()
-    pytest.fail("app did not start")
+    return load_app.start_app(None, port, env), f"http://127.0.0.1:{port}"
 
 
 def test_app_pulls_model_id_and_falls_back_when_the_hub_is_gone(hub, trained, corpus_image, tmp_path):

@@ -1,0 +1,148 @@
+"""Inference latency and throughput along the app's path, against the model alone and Gradio's own floor.
+
+    python -m benchmarks.inference_speed                      # the bundled model
+    python -m benchmarks.inference_speed --model runs/cifar10 --requests 200
+
+One run measures, with the same image (the model's first gallery sample):
+- model-only: the network on an already preprocessed 1-image tensor;
+- Predictor: decoding the uploaded bytes + timm preprocessing + the network (what every endpoint calls);
+- batch: Predictor.classify_many on 256 decoded images (the batch endpoint's path), images/s;
+- REST: POST /api/classify to app.py over loopback;
+- gradio_client: /predict on app.py, one client, then 16 concurrent clients;
+- Gradio's floor: the same calls against benchmarks/noop_app.py, a no-op function behind the same stack.
+Servers run as subprocesses, as a Space runs them; the clients run here.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from gradio_client import Client, handle_file
+
+from benchmarks.load_app import free_port, run_client, start_app, start_server
+from classifier.images import open_rgb
+from classifier.predict import load_predictors
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    ms = 1000 * np.asarray(seconds)
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+
+
+def timed(call, n: int, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def concurrent_rate(url: str, image: str, clients: int, requests: int) -> tuple[float, int]:
+    """Requests per second with `clients` gradio_client clients in threads; and the number of failures."""
+    latencies, failures = [], []
+    threads = [threading.Thread(target=run_client, args=(url, image, requests, latencies, failures))
+               for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(latencies) / (time.perf_counter() - start), len(failures)
+
+
+def gradio_rows(url: str, image: str, n: int, clients: int, requests: int) -> dict:
+    client = Client(url, verbose=False)
+    p50, p95 = percentiles(timed(lambda: client.predict(handle_file(image), 3, api_name="/predict"), n))
+    rate, failed = concurrent_rate(url, image, clients, requests)
+    return {"p50": p50, "p95": p95, "rate": rate, "failed": failed}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model folder or Hub id (default: the first bundled model)")
+    parser.add_argument("--requests", type=int, default=100, help="sequential calls per latency row")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--client-requests", type=int, default=20, help="calls per client in the concurrent rows")
+    args = parser.parse_args(argv)
+
+    predictors, _ = load_predictors(args.model)
+    predictor = next(iter(predictors.values()))
+    samples = [s for s in predictor.samples if s.kind == "gallery"]
+    if not samples:
+        raise SystemExit(f"{predictor.name} ships no samples/ to benchmark with")
+    image_path = str(samples[0].path)
+    data = Path(image_path).read_bytes()
+    x = predictor.transform(open_rgb(data)).unsqueeze(0)
+
+    def model_only():
+        with torch.inference_mode():
+            predictor.model(x)
+
+    rows = {}
+    rows["model-only"] = percentiles(timed(model_only, args.requests))
+    rows["Predictor"] = percentiles(timed(lambda: predictor.classify(data), args.requests))
+    batch = [open_rgb(data)] * 256
+    start = time.perf_counter()
+    predictor.classify_many(batch)
+    batch_rate = len(batch) / (time.perf_counter() - start)
+
+    port = free_port()
+    app = start_app(args.model, port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client() as http:
+            def rest():
+                response = http.post(f"{url}/api/classify", files={"file": ("image.png", data)})
+                response.raise_for_status()
+            rows["REST /api/classify"] = percentiles(timed(rest, args.requests))
+        ours = gradio_rows(url + "/", image_path, args.requests, args.clients, args.client_requests)
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+    port = free_port()
+    noop = start_server(["-m", "benchmarks.noop_app", "--port", str(port)], port)
+    try:
+        floor = gradio_rows(f"http://127.0.0.1:{port}/", image_path, args.requests, args.clients,
+                            args.client_requests)
+    finally:
+        noop.terminate()
+        noop.wait(timeout=30)
+
+    model_p50 = rows["model-only"][0]
+    print(f"\n{predictor.name} ({predictor.input_size} px), torch threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} cores; {args.requests} sequential calls per latency row, "
+          f"{args.clients} clients x {args.client_requests} calls per concurrent row\n")
+    print("| path | p50 ms | p95 ms | throughput |")
+    print("|---|---|---|---|")
+    for name, (p50, p95) in rows.items():
+        print(f"| {name} | {p50:.1f} | {p95:.1f} | |")
+    print(f"| Predictor batch of 256 | | | {batch_rate:.0f} images/s |")
+    for name, r in (("gradio_client -> app", ours), ("gradio_client -> no-op (Gradio's floor)", floor)):
+        print(f"| {name} | {r['p50']:.1f} | {r['p95']:.1f} | {r['rate']:.1f} requests/s with {args.clients} "
+              f"clients ({r['failed']} failed) |")
+    print("\n| target | measured | met |")
+    print("|---|---|---|")
+    limit = floor["p50"] + model_p50 + 10
+    print(f"| app p50 <= floor p50 + model-only p50 + 10 ms = {limit:.1f} | {ours['p50']:.1f} "
+          f"| {'yes' if ours['p50'] <= limit else 'no'} |")
+    ratio = ours["rate"] / floor["rate"]
+    print(f"| app throughput >= 0.8 x floor's ({args.clients} clients) | {ratio:.2f} x | "
+          f"{'yes' if ratio >= 0.8 else 'no'} |")
+    rest_p50 = rows["REST /api/classify"][0]
+    print(f"| REST p50 <= model-only p50 + 10 ms = {model_p50 + 10:.1f} | {rest_p50:.1f} "
+          f"| {'yes' if rest_p50 <= model_p50 + 10 else 'no'} |")
+    return 1 if ours["failed"] or floor["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
