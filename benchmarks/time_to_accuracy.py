@@ -51,7 +51,8 @@ def report(metrics: dict, target: float) -> str:
     reached = None
     for h in metrics["history"]:
         minutes = h["elapsed_seconds"] / 60
-        rows.append(f"| {h['epoch']} | {minutes:.1f} | {100 * h['train_accuracy']:.2f} | {100 * h['val_accuracy']:.2f} |")
+        rows.append(f"| {h['epoch']} | {minutes:.1f} | {100 * h['train_accuracy']:.2f} "
+                    f"| {100 * h['val_accuracy']:.2f} |")
         if reached is None and h["val_accuracy"] >= target:
             reached = minutes
     final = metrics["final"]["accuracy"]

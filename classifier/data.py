@@ -36,6 +36,10 @@ class DataError(ValueError):
     """The dataset cannot be used as given; the message says what to change."""
 
 
+def undecodable(desc: str, message: str) -> DataError:
+    return DataError(f"{desc}: {message} Fix or remove it, or pass --skip-bad-images.")
+
+
 @dataclass
 class Splits:
     train: datasets.Dataset
@@ -255,7 +259,7 @@ def decode_split(
             batch_images, batch_labels, batch_rows, failed = stream.__getitems__(
                 list(range(start, min(start + 256, len(stream)))))
             if failed and not skip_bad_images:
-                raise DataError(f"{desc}: {failed[0]} Fix or remove it, or pass --skip-bad-images.")
+                raise undecodable(desc, failed[0])
             n = len(batch_labels)
             images[kept:kept + n] = batch_images.permute(0, 2, 3, 1).numpy()
             labels[kept:kept + n], rows[kept:kept + n] = batch_labels.numpy(), batch_rows.numpy()

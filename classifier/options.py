@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 
@@ -9,6 +10,16 @@ from .augment import AUGMENT_LEVELS
 from .presets import GENERIC_RECIPE, PRESETS, recipe_for
 
 RECIPE_HELP = "default: the preset's recipe, else " + ", ".join(f"{k}={v}" for k, v in GENERIC_RECIPE.items())
+
+
+def model_arg(value: str) -> tuple[str, object]:
+    key, sep, raw = value.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError("expected KEY=VALUE, e.g. output_stride=16")
+    try:
+        return key, json.loads(raw)  # numbers, true/false, null, lists
+    except json.JSONDecodeError:
+        return key, raw  # anything else is a string, e.g. act_layer=silu
 
 
 def checkpoint_every(value: str):
@@ -55,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "state dict loaded with weights_only=True)")
     model.add_argument("--img-size", type=int, help="training/eval input size; smaller images are upsampled")
     model.add_argument("--drop-rate", type=float, default=0.0, help="dropout before the classifier")
+    model.add_argument("--model-arg", action="append", type=model_arg, default=[], metavar="KEY=VALUE",
+                       help="extra timm.create_model argument, repeatable (e.g. output_stride=16, "
+                            "drop_path_rate=0.1); recorded in config.json so timm rebuilds the same model")
 
     train = p.add_argument_group("training")
     train.add_argument("--epochs", type=int)
@@ -76,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
                        help="auto = bf16 where the device supports it (CUDA, recent CPUs), else no")
     train.add_argument("--compile", action="store_true",
-                       help="torch.compile the model (inductor); compiling takes a minute or more before the first step")
+                       help="torch.compile the model (inductor); compiling takes a while before the first step")
     train.add_argument("--seed", type=int, default=0)
 
     out = p.add_argument_group("output")

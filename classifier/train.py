@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from . import metrics as metrics_lib
 from . import report
 from .augment import BatchAugment, normalize
-from .data import DataError, StreamedSplit, TensorSplit, decode_split, load_splits, memory_budget, typical_size
+from .data import (DataError, StreamedSplit, TensorSplit, decode_split, load_splits, memory_budget, typical_size,
+                   undecodable)
 from .model import ModelSourceError, create_model, data_config, export, replace_folder_contents
 from .options import dataset_slug, parse_args
 from .presets import find_preset
@@ -252,12 +253,13 @@ def run(args) -> dict:
             train_data = decode_split(splits.train, size=store_size, desc="decode train", **decode)
         val_data = decode_split(splits.validation, size=args.img_size, desc="decode validation", **decode)
         test_data = decode_split(splits.test, size=args.img_size, desc="decode test", **decode) if splits.test else None
-    skipped = {"train": 0 if streamed else train_data.skipped, "validation": val_data.skipped, "test": test_data.skipped if test_data else 0}
+    skipped = {"train": 0 if streamed else train_data.skipped, "validation": val_data.skipped,
+               "test": test_data.skipped if test_data else 0}
     if any(skipped.values()):
         accelerator.print(f"Skipped undecodable images: {skipped}")
 
     # -- model and optimisation
-    model_args = {"drop_rate": args.drop_rate} if args.drop_rate else {}
+    model_args = dict(args.model_arg, **({"drop_rate": args.drop_rate} if args.drop_rate else {}))
     model, weights_source = create_model(args.model, num_classes, args.pretrained, args.pretrained_file, **model_args)
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     if accelerator.is_main_process:
@@ -304,7 +306,7 @@ def run(args) -> dict:
     device = accelerator.device
     if not streamed:
         train_data = TensorSplit(train_data.images.to(device), train_data.labels.to(device), train_data.rows)
-    undecodable = set()  # streamed training images that failed to decode (skipped with --skip-bad-images)
+    bad_streamed = set()  # streamed training images that failed to decode (skipped with --skip-bad-images)
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
     augment = BatchAugment(args.augment, args.img_size, mean, std)
     mixup = None
@@ -333,8 +335,8 @@ def run(args) -> dict:
         inputs = training_inputs(train_data, batches[progress.batches_done:], device, args.data_workers)
         for batch_index, (images, y, failed) in enumerate(inputs, start=progress.batches_done):
             if failed and not args.skip_bad_images:
-                raise DataError(f"decode train: {failed[0]} Fix or remove it, or pass --skip-bad-images.")
-            undecodable.update(failed)
+                raise undecodable("decode train", failed[0])
+            bad_streamed.update(failed)
             x = augment(images)
             targets = y
             if mixup is not None:
@@ -405,7 +407,7 @@ def run(args) -> dict:
         if args.checkpoint_every == "epoch":
             save_checkpoint(accelerator, model, output_dir, progress, args.checkpoint_limit)
 
-    skipped["train"] += len(undecodable)
+    skipped["train"] += len(bad_streamed)
     # -- final evaluation: the test split is touched here and only here
     final_split = "test" if test_loader is not None else "validation"
     final, final_probs = evaluate_split(model, test_loader or val_loader, accelerator, mean_t, std_t, num_classes)

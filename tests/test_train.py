@@ -212,7 +212,12 @@ def test_strong_augmentation_mixup_cosine_and_tensorboard(parquet_repo, tmp_path
     out = tmp_path / "model"
     train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "2", "--report-to", "tensorboard",
           "--augment", "strong", "--mixup", "0.2", "--cutmix", "1.0", "--scheduler", "cosine", "--optimizer", "adam",
-          "--lr", "1e-3", "--clip-grad", "1.0", "--gradient-accumulation-steps", "2", "--drop-rate", "0.1", *FAST)
+          "--lr", "1e-3", "--clip-grad", "1.0", "--gradient-accumulation-steps", "2", "--drop-rate", "0.1",
+          "--model-arg", "output_stride=16", "--model-arg", "drop_path_rate=0.05", *FAST)
     assert list((out / "logs").rglob("events.out.tfevents.*"))
-    assert json.loads((out / "config.json").read_text())["model_args"]["drop_rate"] == 0.1
+    model_args = json.loads((out / "config.json").read_text())["model_args"]
+    assert model_args == {"drop_rate": 0.1, "output_stride": 16, "drop_path_rate": 0.05}
+    # timm alone rebuilds the same architecture from config.json: layer4 keeps stride 1 (dilated) at output_stride 16
+    rebuilt = timm.create_model(f"local-dir:{out}", pretrained=True)
+    assert rebuilt.layer4[0].conv1.stride == (1, 1) and rebuilt.feature_info[-1]["reduction"] == 16
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2

@@ -1,0 +1,76 @@
+"""Compare finished training runs: one markdown table and one figure of their curves.
+
+    python -m benchmarks.compare_runs runs/cifar10-* --plot docs/recipe_study.png
+
+Reads each model folder's metrics.json and training_args.json (what train_accelerate.py writes), so the
+table and the figure can be made again at any time from the folders alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLUMNS = ("img_size", "epochs", "optimizer", "lr", "augment", "drop_rate", "model_arg")
+
+
+def read_run(folder: Path) -> dict:
+    return {"name": folder.name, "metrics": json.loads((folder / "metrics.json").read_text()),
+            "args": json.loads((folder / "training_args.json").read_text())}
+
+
+def table(runs: list[dict]) -> str:
+    lines = ["| run | " + " | ".join(COLUMNS) + " | best val % | final val % | test % | minutes | command |",
+             "|---|" + "---|" * (len(COLUMNS) + 5)]
+    for run in runs:
+        history, final = run["metrics"]["history"], run["metrics"]["final"]
+        test = f"{100 * final['accuracy']:.2f}" if run["metrics"]["final_split"] == "test" else "n/a"
+        minutes = history[-1].get("elapsed_seconds", sum(h["seconds"] for h in history)) / 60
+        values = " | ".join(str(run["args"].get(c)) for c in COLUMNS)
+        lines.append(f"| {run['name']} | {values} | {100 * max(h['val_accuracy'] for h in history):.2f} "
+                     f"| {100 * history[-1]['val_accuracy']:.2f} | {test} | {minutes:.0f} "
+                     f"| `{run['args']['command']}` |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in runs:
+        history = run["metrics"]["history"]
+        epochs = [h["epoch"] for h in history]
+        line, = ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], label=run["name"])
+        ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], ":", color=line.get_color())
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], color=line.get_color(), label=run["name"])
+        ax_loss.plot(epochs, [h["train_loss"] for h in history], ":", color=line.get_color())
+    ax_loss.set(xlabel="epoch", ylabel="loss (solid: validation, dotted: train)")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy % (solid: validation, dotted: train)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--plot", type=Path, help="write the combined curves here")
+    args = parser.parse_args(argv)
+    runs = [read_run(f) for f in args.folders if (f / "metrics.json").is_file()]
+    print(table(runs))
+    if args.plot:
+        plot(runs, args.plot)
+        print(f"\nfigure: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The CIFAR-10 recipe study of docs/RESULTS.md: one fixed budget (a seeded 10,000-image subset of the training
+# split, 10 epochs, the full 5,000-image validation split every epoch, the test split once at the end), varying
+# one thing at a time from the base recipe (64 px, SGD nesterov lr 0.1, one-cycle, label smoothing 0.1, basic
+# augmentation). Runs one after another so each row's wall-clock minutes are its own.
+#
+#   bash benchmarks/recipe_study.sh ../shared/data/cifar10 runs/study      # then:
+#   python -m benchmarks.compare_runs runs/study/* --plot docs/recipe_study.png
+set -euo pipefail
+data=${1:-../shared/data/cifar10}
+out=${2:-runs/study}
+base=(--dataset "$data" --no-pretrained --max-train-samples 10000 --epochs 10 --samples-per-class 0
+      --failure-samples 0)
+
+run() {  # name, then the options that differ from the base recipe
+    local name=$1; shift
+    [ -f "$out/$name/metrics.json" ] && { echo "skip $name (done)"; return; }
+    python train_accelerate.py "${base[@]}" --output-dir "$out/$name" "$@"
+}
+
+run 64px-sgd-basic
+run 32px --img-size 32
+run 96px --img-size 96
+run 64px-os16 --model-arg output_stride=16
+run adamw --optimizer adamw --lr 3e-3 --weight-decay 0.05
+run adam --optimizer adam --lr 1e-3 --weight-decay 5e-4
+run no-augment --augment none
+run strong-augment --augment strong
+run dropout-no-augment --augment none --drop-rate 0.3
+run 128px --img-size 128
