@@ -8,6 +8,7 @@ to the same uint8 tensors, and everything after that is shared.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -413,6 +414,13 @@ def run(args) -> dict:
     final, final_probs = evaluate_split(model, test_loader or val_loader, accelerator, mean_t, std_t, num_classes)
     accelerator.print(f"{final_split}: accuracy {100 * final['accuracy']:.2f}%, f1 {final['f1']:.4f}, "
                       f"mcc {final['mcc']:.4f}, roc_auc {final['roc_auc']}")
+    if args.weights_dtype != "float32":
+        # the exported weights are rounded to a 16-bit type: measure what that costs on the same split
+        rounded = copy.deepcopy(accelerator.unwrap_model(model)).to(getattr(torch, args.weights_dtype)).float()
+        check, _ = evaluate_split(rounded, test_loader or val_loader, accelerator, mean_t, std_t, num_classes)
+        final["exported_weights"] = {"dtype": args.weights_dtype, "accuracy": check["accuracy"]}
+        accelerator.print(f"{final_split} accuracy with {args.weights_dtype} weights: {100 * check['accuracy']:.2f}% "
+                          f"({100 * (check['accuracy'] - final['accuracy']):+.2f} points)")
     accelerator.end_training()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -28,6 +28,8 @@ def test_bundled_model_classifies_its_samples_at_its_claimed_accuracy(folder):
     top = predictor.classify_many([open_rgb(str(s.path)) for s in gallery], k=1)
     accuracy = sum(t[0][0] == s.label for t, s in zip(top, gallery)) / len(gallery)
     assert accuracy >= claimed - 0.05, f"{folder.name}: {accuracy:.1%} on its samples, claims {claimed:.1%}"
+    exported = metrics["final"]["exported_weights"]  # measured by the training run on the full test split
+    assert exported["dtype"] == "float16" and abs(exported["accuracy"] - claimed) <= 0.001
     card = (folder / "README.md").read_text()
     assert f"{claimed:.4f}" in card  # the card carries the test metrics the pipeline measured
     assert (folder / "model.safetensors").stat().st_size <= 23 * 2**20

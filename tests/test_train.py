@@ -213,11 +213,17 @@ def test_strong_augmentation_mixup_cosine_and_tensorboard(parquet_repo, tmp_path
     train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "2", "--report-to", "tensorboard",
           "--augment", "strong", "--mixup", "0.2", "--cutmix", "1.0", "--scheduler", "cosine", "--optimizer", "adam",
           "--lr", "1e-3", "--clip-grad", "1.0", "--gradient-accumulation-steps", "2", "--drop-rate", "0.1",
-          "--model-arg", "output_stride=16", "--model-arg", "drop_path_rate=0.05", *FAST)
+          "--model-arg", "output_stride=16", "--model-arg", "drop_path_rate=0.05", "--weights-dtype", "float16", *FAST)
     assert list((out / "logs").rglob("events.out.tfevents.*"))
     model_args = json.loads((out / "config.json").read_text())["model_args"]
-    assert model_args == {"drop_rate": 0.1, "output_stride": 16, "drop_path_rate": 0.05}
+    assert {k: model_args[k] for k in ("drop_rate", "output_stride", "drop_path_rate")} == {
+        "drop_rate": 0.1, "output_stride": 16, "drop_path_rate": 0.05}
     # timm alone rebuilds the same architecture from config.json: layer4 keeps stride 1 (dilated) at output_stride 16
     rebuilt = timm.create_model(f"local-dir:{out}", pretrained=True)
     assert rebuilt.layer4[0].conv1.stride == (1, 1) and rebuilt.feature_info[-1]["reduction"] == 16
-    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2
+    # fp16 export: the file holds fp16 tensors and the run measured the accuracy of exactly those weights
+    assert {t.dtype for t in load_file(out / "model.safetensors").values() if t.is_floating_point()} == {torch.float16}
+    exported = metrics["final"]["exported_weights"]
+    assert exported["dtype"] == "float16" and 0 <= exported["accuracy"] <= 1
