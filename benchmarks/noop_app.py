@@ -21,13 +21,13 @@ def build() -> FastAPI:
     def healthz():
         return {"status": "ok"}
 
-    def predict(image_path, k):
-        return {f"class {i}": 1.0 / (i + 1) for i in range(int(k))}
+    def predict(image_path, k):  # the same outputs as the app's /predict: a label and a line of text
+        return {f"class {i}": 1.0 / (i + 1) for i in range(int(k))}, "no-op"
 
     with gr.Blocks() as demo:
         image, k = gr.Image(type="filepath"), gr.Slider(1, 10, value=5, step=1)
-        label = gr.Label()
-        gr.Button("Classify").click(predict, [image, k], label, api_name="predict")
+        label, details = gr.Label(), gr.Markdown()
+        gr.Button("Classify").click(predict, [image, k], [label, details], api_name="predict")
     demo.queue(default_concurrency_limit=2)  # as classifier.server configures the real app
     return gr.mount_gradio_app(api, demo, path="/")
 
