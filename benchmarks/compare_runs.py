@@ -12,9 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-import matplotlib
+from classifier.report import save_figure  # first: it selects matplotlib's display-free backend
 
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLUMNS = ("img_size", "epochs", "optimizer", "lr", "augment", "drop_rate", "model_arg")
@@ -53,10 +52,7 @@ def plot(runs: list[dict], path: Path) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     ax_acc.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

@@ -16,9 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
+from classifier.report import save_figure  # first: it selects matplotlib's display-free backend
 
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,13 +36,10 @@ def plot(runs: dict[str, dict], path: Path, target: float | None = None) -> None
     if target:
         ax.axhline(100 * target, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("wall-clock minutes since the command started")
-    ax.set_ylabel("accuracy (%): lines = validation per epoch, * = test at the end")
+    ax.set_ylabel("accuracy % (line: validation, star: test)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def report(metrics: dict, target: float) -> str:

@@ -13,6 +13,13 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 CURVES_NAME, CONFUSION_NAME = "curves.png", "confusion_matrix.png"
 
 
+def save_figure(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_curves(history: list[dict], path: Path) -> None:
     """Train/val loss and accuracy per epoch, from the per-epoch records of a run."""
     epochs = [h["epoch"] for h in history]
@@ -25,9 +32,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_confusion(matrix: list[list[int]], label_names: list[str], path: Path, title: str) -> None:
@@ -47,9 +52,7 @@ def plot_confusion(matrix: list[list[int]], label_names: list[str], path: Path, 
                 ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=8,
                         color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 METRIC_ROWS = [("accuracy", "Accuracy"), ("precision", "Precision (macro)"), ("recall", "Recall (macro)"),
