@@ -34,7 +34,7 @@ def table(runs: list[dict]) -> str:
         values = " | ".join(str(run["args"].get(c)) for c in COLUMNS)
         lines.append(f"| {run['name']} | {values} | {100 * max(h['val_accuracy'] for h in history):.2f} "
                      f"| {100 * history[-1]['val_accuracy']:.2f} | {test} | {minutes:.0f} "
-                     f"| `{run['args']['command']}` |")
+                     f"| {run['args'].get('hardware', 'n/a')} | `{run['args']['command']}` |")
     return "\n".join(lines)
 
 

@@ -15,7 +15,6 @@ Servers run as subprocesses, as a Space runs them; the clients run here.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 import time
@@ -29,6 +28,7 @@ from gradio_client import Client, handle_file
 from benchmarks.load_app import free_port, run_client, start_app, start_server
 from classifier.images import open_rgb
 from classifier.predict import load_predictors
+from classifier.train import describe_hardware
 
 
 def percentiles(seconds: list[float]) -> tuple[float, float]:
@@ -119,8 +119,8 @@ def main(argv=None) -> int:
         noop.wait(timeout=30)
 
     model_p50 = rows["model-only"][0]
-    print(f"\n{predictor.name} ({predictor.input_size} px), torch threads {torch.get_num_threads()}, "
-          f"{os.cpu_count()} cores; {args.requests} sequential calls per latency row, "
+    print(f"\n{predictor.name} ({predictor.input_size} px) on {describe_hardware(torch.device('cpu'))}; "
+          f"{args.requests} sequential calls per latency row, "
           f"{args.clients} clients x {args.client_requests} calls per concurrent row\n")
     print("| path | p50 ms | p95 ms | throughput |")
     print("|---|---|---|---|")

@@ -4,16 +4,19 @@
 # one thing at a time from the base recipe (64 px, SGD nesterov lr 0.1, one-cycle, label smoothing 0.1, basic
 # augmentation). Runs one after another so each row's wall-clock minutes are its own.
 #
-#   bash benchmarks/recipe_study.sh ../shared/data/cifar10 runs/study      # then:
+#   bash benchmarks/recipe_study.sh ../shared/data/cifar10 runs/study      # all rows; or name some:
+#   bash benchmarks/recipe_study.sh ../shared/data/cifar10 runs/study 96px adamw
 #   python -m benchmarks.compare_runs runs/study/* --plot docs/recipe_study.png
 set -euo pipefail
 data=${1:-../shared/data/cifar10}
 out=${2:-runs/study}
+only=" ${*:3} "  # row names to run; empty = all
 base=(--dataset "$data" --no-pretrained --max-train-samples 10000 --epochs 10 --samples-per-class 0
       --failure-samples 0)
 
 run() {  # name, then the options that differ from the base recipe
     local name=$1; shift
+    [ "$only" = "  " ] || [[ "$only" == *" $name "* ]] || return 0
     [ -f "$out/$name/metrics.json" ] && { echo "skip $name (done)"; return; }
     python train_accelerate.py "${base[@]}" --output-dir "$out/$name" "$@"
 }

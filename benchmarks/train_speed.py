@@ -26,7 +26,7 @@ from torchvision import transforms
 
 from classifier.data import load_splits
 from classifier.model import create_model
-from classifier.train import resolve_mixed_precision
+from classifier.train import describe_hardware, resolve_mixed_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_mixed_precision("auto")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    name = describe_hardware(device)
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         bound = model_only(size, args.batch_size, precision, device, args.warmup, args.steps, args.compile)

@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import math
+import platform
 import shlex
 import shutil
 import sys
@@ -433,16 +434,40 @@ def run(args) -> dict:
                                       args.failure_samples, args.seed)
                 accelerator.print(f"Wrote {count} {final_split} images to samples/ for the app's galleries.")
 
-        write_model_folder(args, accelerator.unwrap_model(model), splits.label_names, progress.history, final,
-                           final_split, weights_source, model_args, skipped, mixed_precision,
-                           "stream" if streamed else "memory", add_samples)
+        metrics = {"label_names": splits.label_names, "final_split": final_split, "final": final,
+                   "history": progress.history, "skipped_images": skipped}
+        facts = RunFacts(weights_source, model_args, mixed_precision, "stream" if streamed else "memory",
+                         describe_hardware(device))
+        write_model_folder(args, accelerator.unwrap_model(model), metrics, facts, add_samples)
         accelerator.print(f"Model folder: {output_dir.resolve()}")
     accelerator.wait_for_everyone()
     return {"history": progress.history, final_split: final}
 
 
-def write_model_folder(args, model, label_names, history, final, final_split, weights_source, model_args,
-                       skipped, mixed_precision, data_path, add_extra_files) -> None:
+@dataclass
+class RunFacts:
+    """What the run resolved or found beyond its arguments; recorded next to them in training_args.json."""
+    weights_source: str
+    model_args: dict
+    mixed_precision: str
+    data_path: str
+    hardware: str
+
+
+def describe_hardware(device: torch.device) -> str:
+    """The machine in a few words, so wall-clock figures can be read against it ("cpu: AMD EPYC, 2 threads")."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)} x{torch.cuda.device_count()}"
+    if device.type != "cpu":
+        return device.type
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    features = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no bf16"
+    return f"cpu: {names[0] if names else platform.processor() or 'unknown'}, {torch.get_num_threads()} threads, {features}"
+
+
+def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_files) -> None:
     """Everything is written to a staging folder first and moved in at the end (config.json last)."""
     output_dir = Path(args.output_dir)
     staging = output_dir / ".staging"
@@ -452,22 +477,22 @@ def write_model_folder(args, model, label_names, history, final, final_split, we
     preset = find_preset(args.dataset)
     # safetensors stores contiguous tensors only; channels_last was for speed
     model = model.to(memory_format=torch.contiguous_format, dtype=getattr(torch, args.weights_dtype))
-    export(model, staging, label_names, data_config(args.img_size, mean, std), model_args,
+    label_names, final, final_split = metrics["label_names"], metrics["final"], metrics["final_split"]
+    export(model, staging, label_names, data_config(args.img_size, mean, std), facts.model_args,
            tag=dataset_slug(args.dataset))
     command = "accelerate launch train_accelerate.py " + shlex.join(sys.argv[1:])
-    metrics = {"label_names": label_names, "final_split": final_split, "final": final, "history": history,
-               "skipped_images": skipped}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    training_args = dict(vars(args), weights_source=weights_source, resolved_mixed_precision=mixed_precision,
-                         resolved_data_path=data_path, command=command)
+    training_args = dict(vars(args), weights_source=facts.weights_source,
+                         resolved_mixed_precision=facts.mixed_precision, resolved_data_path=facts.data_path,
+                         hardware=facts.hardware, command=command)
     (staging / "training_args.json").write_text(json.dumps(training_args, indent=2, default=str))
-    if history:
-        report.plot_curves(history, staging / report.CURVES_NAME)
+    if metrics["history"]:
+        report.plot_curves(metrics["history"], staging / report.CURVES_NAME)
     report.plot_confusion(final["confusion_matrix"], label_names, staging / report.CONFUSION_NAME,
                           f"{args.model} on {args.dataset} ({final_split})")
     repo_name = args.push_to_hub or f"{args.model}-{output_dir.name}"
     card = report.model_card(repo_name, args.model, args.dataset, preset.path if preset else None, label_names,
-                             final, final_split, command, args.img_size, weights_source)
+                             final, final_split, command, args.img_size, facts.weights_source)
     card.save(staging / "README.md")
     add_extra_files(staging)
     replace_folder_contents(staging, output_dir)

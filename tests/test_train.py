@@ -44,6 +44,8 @@ def test_learns_well_above_chance_and_writes_the_folder(trained):
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
     card = (trained / "README.md").read_text()
     assert "library_name: timm" in card and "model-index" in card and "| red |" in card
+    # wall-clock figures mean little without the machine they were measured on
+    assert json.loads((trained / "training_args.json").read_text())["hardware"].startswith("cpu: ")
 
 
 def test_sample_images_are_the_test_images_of_their_class(trained, parquet_repo):
