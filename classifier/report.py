@@ -93,6 +93,7 @@ def model_card(
         for i, name in enumerate(label_names)
     )
     metric_rows = "\n".join(f"| {name} | {_fmt(final.get(key))} |" for key, name in METRIC_ROWS)
+    hub_id = repo_name if "/" in repo_name else f"<your-user>/{repo_name}"  # a folder not pushed (yet)
     exported = final.get("exported_weights")
     if exported:
         metric_rows += (f"\n\nThe weights are stored as {exported['dtype']}; with exactly those weights the accuracy is "
@@ -109,12 +110,12 @@ With timm alone:
 ```python
 import timm, torch
 from PIL import Image
-model = timm.create_model("hf-hub:{repo_name}", pretrained=True).eval()
+model = timm.create_model("hf-hub:{hub_id}", pretrained=True).eval()
 transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
 probs = model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)).softmax(-1)
 print(model.pretrained_cfg["label_names"][probs.argmax()])
 ```
-With this project's app: `MODEL_ID={repo_name} python app.py`.
+With this project's app: `MODEL_ID={hub_id} python app.py`, or `python app.py --model <this folder>`.
 
 ## Training
 

@@ -490,7 +490,7 @@ def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_fi
         report.plot_curves(metrics["history"], staging / report.CURVES_NAME)
     report.plot_confusion(final["confusion_matrix"], label_names, staging / report.CONFUSION_NAME,
                           f"{args.model} on {args.dataset} ({final_split})")
-    repo_name = args.push_to_hub or f"{args.model}-{output_dir.name}"
+    repo_name = args.push_to_hub or f"{args.model}-{dataset_slug(args.dataset)}"
     card = report.model_card(repo_name, args.model, args.dataset, preset.path if preset else None, label_names,
                              final, final_split, command, args.img_size, facts.weights_source)
     card.save(staging / "README.md")

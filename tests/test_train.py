@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,7 @@ def test_learns_well_above_chance_and_writes_the_folder(trained):
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32]
     card = (trained / "README.md").read_text()
     assert "library_name: timm" in card and "model-index" in card and "| red |" in card
+    assert re.search(r'hf-hub:[^"/\s]+/resnet18-[^"/\s]+"', card)  # a loadable id shape even before any push
     # wall-clock figures mean little without the machine they were measured on
     assert json.loads((trained / "training_args.json").read_text())["hardware"].startswith("cpu: ")
 
