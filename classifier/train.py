@@ -65,6 +65,11 @@ class Progress:
             setattr(self, key, value)
 
 
+def cpu_supports_bf16() -> bool:
+    """Native bf16 kernels (AVX-512 BF16 / AMX); without them bf16 autocast on CPU is slower than fp32."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def resolve_mixed_precision(choice: str) -> str:
     if choice != "auto":
         return choice
@@ -72,7 +77,7 @@ def resolve_mixed_precision(choice: str) -> str:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if torch.backends.mps.is_available():
         return "no"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+    return "bf16" if cpu_supports_bf16() else "no"
 
 
 class BatchedTensors(torch.utils.data.Dataset):
@@ -463,8 +468,8 @@ def describe_hardware(device: torch.device) -> str:
     cpuinfo = Path("/proc/cpuinfo")
     names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
              if line.startswith("model name")] if cpuinfo.exists() else []
-    features = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no bf16"
-    return f"cpu: {names[0] if names else platform.processor() or 'unknown'}, {torch.get_num_threads()} threads, {features}"
+    name = names[0] if names else platform.processor() or "unknown"
+    return f"cpu: {name}, {torch.get_num_threads()} threads, {'bf16' if cpu_supports_bf16() else 'no bf16'}"
 
 
 def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_files) -> None:
