@@ -25,8 +25,8 @@ def read_run(folder: Path) -> dict:
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| run | " + " | ".join(COLUMNS) + " | best val % | final val % | test % | minutes | command |",
-             "|---|" + "---|" * (len(COLUMNS) + 5)]
+    lines = ["| run | " + " | ".join(COLUMNS) + " | best val % | final val % | test % | minutes | machine | command |",
+             "|---|" + "---|" * (len(COLUMNS) + 6)]
     for run in runs:
         history, final = run["metrics"]["history"], run["metrics"]["final"]
         test = f"{100 * final['accuracy']:.2f}" if run["metrics"]["final_split"] == "test" else "n/a"
