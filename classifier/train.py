@@ -420,9 +420,11 @@ def run(args) -> dict:
     final, final_probs = evaluate_split(model, test_loader or val_loader, accelerator, mean_t, std_t, num_classes)
     accelerator.print(f"{final_split}: accuracy {100 * final['accuracy']:.2f}%, f1 {final['f1']:.4f}, "
                       f"mcc {final['mcc']:.4f}, roc_auc {final['roc_auc']}")
+    # without the torch.compile wrapper: its parameter names carry an `_orig_mod.` prefix timm would not load
+    plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)
     if args.weights_dtype != "float32":
         # the exported weights are rounded to a 16-bit type: measure what that costs on the same split
-        rounded = copy.deepcopy(accelerator.unwrap_model(model)).to(getattr(torch, args.weights_dtype)).float()
+        rounded = copy.deepcopy(plain_model).to(getattr(torch, args.weights_dtype)).float()
         check, _ = evaluate_split(rounded, test_loader or val_loader, accelerator, mean_t, std_t, num_classes)
         final["exported_weights"] = {"dtype": args.weights_dtype, "accuracy": check["accuracy"]}
         accelerator.print(f"{final_split} accuracy with {args.weights_dtype} weights: {100 * check['accuracy']:.2f}% "
@@ -443,7 +445,7 @@ def run(args) -> dict:
                    "history": progress.history, "skipped_images": skipped}
         facts = RunFacts(weights_source, model_args, mixed_precision, "stream" if streamed else "memory",
                          describe_hardware(device))
-        write_model_folder(args, accelerator.unwrap_model(model), metrics, facts, add_samples)
+        write_model_folder(args, plain_model, metrics, facts, add_samples)
         accelerator.print(f"Model folder: {output_dir.resolve()}")
     accelerator.wait_for_everyone()
     return {"history": progress.history, final_split: final}

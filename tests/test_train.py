@@ -212,6 +212,19 @@ def test_failed_push_says_why_and_keeps_the_folder(trained, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
 
 
+def test_compiled_training_exports_a_plain_timm_model(parquet_repo, tmp_path):
+    out = tmp_path / "model"
+    try:
+        train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "1", "--compile", "--samples-per-class",
+              "0", "--weights-dtype", "float16", *FAST)
+    finally:
+        torch._dynamo.reset()  # later in-process runs start from an empty compile cache, as a new process would
+    assert json.loads((out / "training_args.json").read_text())["compile"] is True
+    assert not [k for k in load_file(out / "model.safetensors") if "_orig_mod" in k]
+    model = load_folder(out).model  # loads with timm's strict key check
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, len(CLASSES))
+
+
 def test_strong_augmentation_mixup_cosine_and_tensorboard(parquet_repo, tmp_path):
     out = tmp_path / "model"
     train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "2", "--report-to", "tensorboard",
