@@ -7,7 +7,7 @@ One run measures, with the same image (the model's first gallery sample):
 - model-only: the network on an already preprocessed 1-image tensor;
 - Predictor: decoding the uploaded bytes + timm preprocessing + the network (what every endpoint calls);
 - batch: Predictor.classify_many on 256 decoded images (the batch endpoint's path), images/s;
-- REST: POST /api/classify to app.py over loopback;
+- REST: POST /api/classify to app.py over loopback, and to a no-op endpoint (HTTP's own floor);
 - gradio_client: /predict on app.py, one client, then 16 concurrent clients;
 - Gradio's floor: the same calls against benchmarks/noop_app.py, a no-op function behind the same stack.
 Servers run as subprocesses, as a Space runs them; the clients run here.
@@ -67,6 +67,14 @@ def gradio_rows(url: str, image: str, n: int, clients: int, requests: int) -> di
     return {"p50": p50, "p95": p95, "rate": rate, "failed": failed}
 
 
+def rest_row(url: str, data: bytes, n: int) -> tuple[float, float]:
+    with httpx.Client() as http:
+        def rest():
+            response = http.post(f"{url}/api/classify", files={"file": ("image.png", data)})
+            response.raise_for_status()
+        return percentiles(timed(rest, n))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder or Hub id (default: the first bundled model)")
@@ -100,11 +108,7 @@ def main(argv=None) -> int:
     app = start_app(args.model, port)
     try:
         url = f"http://127.0.0.1:{port}"
-        with httpx.Client() as http:
-            def rest():
-                response = http.post(f"{url}/api/classify", files={"file": ("image.png", data)})
-                response.raise_for_status()
-            rows["REST /api/classify"] = percentiles(timed(rest, args.requests))
+        rows["REST /api/classify"] = rest_row(url, data, args.requests)
         ours = gradio_rows(url + "/", image_path, args.requests, args.clients, args.client_requests)
     finally:
         app.terminate()
@@ -112,6 +116,7 @@ def main(argv=None) -> int:
     port = free_port()
     noop = start_server(["-m", "benchmarks.noop_app", "--port", str(port)], port)
     try:
+        rows["REST no-op (HTTP's floor)"] = rest_row(f"http://127.0.0.1:{port}", data, args.requests)
         floor = gradio_rows(f"http://127.0.0.1:{port}/", image_path, args.requests, args.clients,
                             args.client_requests)
     finally:

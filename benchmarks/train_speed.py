@@ -1,7 +1,7 @@
 """Training throughput: the model-only bound vs our training loop vs the usual per-sample `datasets` pipeline.
 
     python -m benchmarks.train_speed --dataset ../shared/data/cifar10                  # 32 and 64 px
-    python -m benchmarks.train_speed --dataset ../shared/data/cifar10 --sizes 64 --compile
+    python -m benchmarks.train_speed --dataset ../shared/data/cifar10 --sizes 64 --compile   # eager vs compiled
 
 Every row uses the same model, image size, batch size and precision (bf16 autocast where supported, as
 training does), and measures images per second over whole steps after warm-up:
@@ -10,6 +10,9 @@ training does), and measures images per second over whole steps after warm-up:
    second epoch from the run's own per-epoch training seconds;
 3. the usual pipeline, built as the Hugging Face image-classification example builds it: per-sample PIL
    transforms (RandomResizedCrop, flip, ToTensor, Normalize) through `with_transform`, a DataLoader with workers.
+
+With `--compile` it prints instead eager vs `torch.compile` for rows 1 and 2, each run end to end (compiling
+included), and how many training images a run needs before compiling has paid for itself.
 """
 from __future__ import annotations
 
@@ -80,9 +83,10 @@ def model_only(size, batch, precision, device, warmup, steps, compile_model) -> 
     return timed_steps(((x, y) for _ in iter(int, 1)), model, optimizer, precision, device, warmup, steps)
 
 
-def our_loop(dataset, size, batch, steps, data_path, compile_model, workers) -> tuple[float, float]:
-    """train_accelerate.py on `steps` batches per epoch for 2 epochs: the rate of its second epoch, and how
-    many seconds longer its first epoch took (warm-up; with --compile, mostly compiling)."""
+def our_loop(dataset, size, batch, steps, data_path, compile_model, workers) -> tuple[float, float, float]:
+    """train_accelerate.py on `steps` batches per epoch for 2 epochs: the rate of its second epoch, how many
+    seconds longer its first epoch took (warm-up; with --compile, mostly compiling), and the seconds the
+    run took minus its training steps (loading, evaluation and compiling the eval graph)."""
     from accelerate.state import AcceleratorState
 
     from classifier.train import main
@@ -97,13 +101,14 @@ def our_loop(dataset, size, batch, steps, data_path, compile_model, workers) -> 
     AcceleratorState._reset_state(reset_partial_state=True)
     main(argv)
     first, second = json.loads((out / "metrics.json").read_text())["history"]
-    return batch * steps / second["seconds"], first["seconds"] - second["seconds"]
+    outside_training = second["elapsed_seconds"] - first["seconds"] - second["seconds"]
+    return batch * steps / second["seconds"], first["seconds"] - second["seconds"], outside_training
 
 
-def per_sample_pipeline(dataset, size, batch, precision, device, warmup, steps, workers, compile_model) -> float:
+def per_sample_pipeline(dataset, size, batch, precision, device, warmup, steps, workers) -> float:
     """The Hugging Face example's data path: PIL transforms per sample in `with_transform`, a plain DataLoader."""
     splits = load_splits(dataset, max_train_samples=batch * (warmup + steps))
-    model, optimizer = new_model(len(splits.label_names), device, compile_model)
+    model, optimizer = new_model(len(splits.label_names), device, compile_model=False)
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     train_transforms = transforms.Compose([
         transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
@@ -133,32 +138,60 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per row (after warm-up)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers where one is used")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model in every row")
+    parser.add_argument("--compile", action="store_true", help="compare eager with torch.compile instead")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_mixed_precision("auto")
     name = describe_hardware(device)
+    if args.compile:
+        return compile_table(args, precision, device, name)
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        bound = model_only(size, args.batch_size, precision, device, args.warmup, args.steps, args.compile)
-        memory, warmup = our_loop(args.dataset, size, args.batch_size, args.steps, "memory", args.compile,
-                                  args.workers)
-        stream, _ = our_loop(args.dataset, size, args.batch_size, args.steps, "stream", args.compile, args.workers)
+        bound = model_only(size, args.batch_size, precision, device, args.warmup, args.steps, False)
+        memory, warmup, _ = our_loop(args.dataset, size, args.batch_size, args.steps, "memory", False, args.workers)
+        stream, _, _ = our_loop(args.dataset, size, args.batch_size, args.steps, "stream", False, args.workers)
         usual = per_sample_pipeline(args.dataset, size, args.batch_size, precision, device, args.warmup,
-                                    args.steps, args.workers, args.compile)
+                                    args.steps, args.workers)
         rows.append((size, bound, memory, stream, usual, warmup))
         print(f"[{size}px] model-only {bound:.0f}, ours (memory) {memory:.0f}, ours (stream) {stream:.0f}, "
               f"per-sample pipeline {usual:.0f} img/s", file=sys.stderr, flush=True)
 
-    print(f"\nresnet18, batch {args.batch_size}, precision {precision}, {name}, torch {torch.__version__}"
-          f"{', torch.compile' if args.compile else ''}; images/s\n")
+    print(f"\nresnet18, batch {args.batch_size}, precision {precision}, {name}, torch {torch.__version__}; images/s\n")
     print("| px | 1. model-only | 2. our loop (memory) | 2b. our loop (stream) | 3. per-sample pipeline "
           "| 2/1 | 2/3 | 2b/3 | first epoch's extra seconds (2) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for size, bound, memory, stream, usual, warmup in rows:
         print(f"| {size} | {bound:.0f} | {memory:.0f} | {stream:.0f} | {usual:.0f} | {memory / bound:.2f} "
               f"| {memory / usual:.2f} | {stream / usual:.2f} | {warmup:.1f} |")
+    return 0
+
+
+def compile_table(args, precision, device, name) -> int:
+    """Eager vs torch.compile. A compiled run pays its compile time once, then saves (1/eager - 1/compiled)
+    seconds per image, so it wins end to end only past `fixed seconds it adds / seconds it saves per image`."""
+    # an empty inductor cache, so the compile time is what a first run pays (later runs of the same shapes on
+    # the same machine reuse /tmp/torchinductor_$USER); our loop runs before model-only, which would warm it
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cache-")
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        loops = [our_loop(args.dataset, size, args.batch_size, args.steps, "memory", c, args.workers) for c in (0, 1)]
+        bound = [model_only(size, args.batch_size, precision, device, args.warmup, args.steps, c) for c in (0, 1)]
+        rows.append((size, bound, loops))
+        print(f"[{size}px] model-only {bound[0]:.0f} -> {bound[1]:.0f}, our loop {loops[0][0]:.0f} -> "
+              f"{loops[1][0]:.0f} img/s", file=sys.stderr, flush=True)
+
+    print(f"\nresnet18, batch {args.batch_size}, precision {precision}, {name}, torch {torch.__version__}; "
+          "eager -> torch.compile (inductor)\n")
+    print("| px | model-only img/s | our loop img/s | speed-up (loop) | extra seconds, first epoch "
+          "| extra seconds, evaluation and setup | break-even (training images) |")
+    print("|---|---|---|---|---|---|---|")
+    for size, (bound_eager, bound_compiled), ((eager, eager_warmup, eager_rest), (compiled, warmup, rest)) in rows:
+        saved_per_image = 1 / eager - 1 / compiled
+        added = (warmup - eager_warmup) + (rest - eager_rest)
+        break_even = f"{added / saved_per_image:,.0f}" if saved_per_image > 0 else "never (slower)"
+        print(f"| {size} | {bound_eager:.0f} -> {bound_compiled:.0f} | {eager:.0f} -> {compiled:.0f} "
+              f"| {compiled / eager:.2f}x | {warmup - eager_warmup:+.0f} | {rest - eager_rest:+.0f} | {break_even} |")
     return 0
 
 
