@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,25 @@ from .model import LoadedModel, ModelSourceError, load
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODELS = PROJECT_ROOT / "models"
+
+# All of the app's torch work (loading the models, every forward pass) runs on this one thread. OpenMP gives
+# each thread that runs parallel torch ops its own team of workers; once a second team exists on a 2-core
+# machine, libgomp stops spinning between ops and the same forward pass took 1.5x as long from Gradio's and
+# FastAPI's worker threads as from the thread that loaded the model (docs/PERFORMANCE.md). One thread also
+# serialises requests, so two never fight over the two cores.
+_torch_thread = ThreadPoolExecutor(1, thread_name_prefix="torch")
+_on_torch_thread = threading.local()
+
+
+def on_torch_thread(fn, *args):
+    """`fn(*args)` on the app's torch thread (directly when already there), its result or its exception."""
+    if getattr(_on_torch_thread, "flag", False):
+        return fn(*args)
+
+    def run():
+        _on_torch_thread.flag = True
+        return fn(*args)
+    return _torch_thread.submit(run).result()
 
 
 @dataclass
@@ -34,8 +54,6 @@ class Predictor:
         self.label_names = loaded.label_names
         self.transform = loaded.transform()
         self.input_size = loaded.data_config["input_size"][-1]
-        # inference is cheap at these sizes; serialising it keeps two requests from fighting over 2 cores
-        self._lock = threading.Lock()
         folder = loaded.folder
         self.metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
         args_path = folder / "training_args.json"
@@ -47,8 +65,11 @@ class Predictor:
         return self.loaded.folder
 
     def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
+        return on_torch_thread(self._probabilities, images)
+
+    def _probabilities(self, images: list[Image.Image]) -> torch.Tensor:
         batch = torch.stack([self.transform(image) for image in images])
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():
             return self.model(batch).float().softmax(-1)
 
     def top_k(self, probs: torch.Tensor, k: int) -> list[tuple[str, float]]:
@@ -90,6 +111,10 @@ def load_predictors(source: str | None = None, revision: str | None = None) -> t
     `source` (a Hub id or a folder) comes first; the bundled models follow. If `source` cannot be
     loaded (Hub unreachable, bad folder) the app still starts with the bundled models and says why.
     """
+    return on_torch_thread(_load_predictors, source, revision)
+
+
+def _load_predictors(source: str | None, revision: str | None) -> tuple[dict[str, Predictor], str]:
     predictors: dict[str, Predictor] = {}
     notice = ""
     if source:

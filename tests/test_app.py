@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import csv
 import re
+import random
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-import random
+
 import httpx
 import pytest
 from gradio_client import Client, handle_file
@@ -145,6 +148,22 @@ def test_unreachable_hub_model_falls_back_to_the_bundled_one(trained, tmp_path, 
     predictors, notice = predict.load_predictors("someone/not-cached-anywhere")
     assert list(predictors) == ["blobs"]
     assert "someone/not-cached-anywhere" in notice and "bundled" in notice
+
+
+def test_every_forward_pass_runs_on_the_one_torch_thread(trained):
+    """Requests arrive on Gradio's and FastAPI's worker threads; the model runs on one thread (predict.py says why)."""
+    predictor = next(iter(load_predictors(str(trained))[0].values()))
+    image = shape_image("red", random.Random(3), size=64)
+    threads = set()
+    hook = predictor.model.register_forward_pre_hook(lambda module, args: threads.add(threading.get_ident()))
+    try:
+        expected = predictor.classify(image, k=3)[0]
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: predictor.classify(image, k=3)[0], range(8)))
+    finally:
+        hook.remove()
+    assert len(threads) == 1 and threading.get_ident() not in threads
+    assert results == [expected] * 8
 
 
 def test_load_script_runs_and_reports(trained):
