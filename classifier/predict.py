@@ -20,11 +20,10 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODELS = PROJECT_ROOT / "models"
 
-# All of the app's torch work (loading the models, every forward pass) runs on this one thread. OpenMP gives
-# each thread that runs parallel torch ops its own team of workers; once a second team exists on a 2-core
-# machine, libgomp stops spinning between ops and the same forward pass took 1.5x as long from Gradio's and
-# FastAPI's worker threads as from the thread that loaded the model (docs/PERFORMANCE.md). One thread also
-# serialises requests, so two never fight over the two cores.
+# All of the app's torch work (loading the models, every forward pass) runs on this one thread: called from
+# Gradio's and FastAPI's worker threads, a model loaded on another thread ran at single-thread speed, about
+# 1.6x the latency (benchmarks/inference_threads.py, docs/PERFORMANCE.md; likely each thread's own OpenMP
+# team competing for the two cores). One thread also serialises requests, so two never fight over the cores.
 _torch_thread = ThreadPoolExecutor(1, thread_name_prefix="torch")
 _on_torch_thread = threading.local()
 
