@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,17 +26,21 @@ BUNDLED_MODELS = PROJECT_ROOT / "models"
 # team competing for the two cores). One thread also serialises requests, so two never fight over the cores.
 _torch_thread = ThreadPoolExecutor(1, thread_name_prefix="torch")
 _on_torch_thread = threading.local()
+MAX_BATCH = 32  # waiting requests run together up to this many images
+
+
+def _submit(fn, *args) -> Future:
+    def run():
+        _on_torch_thread.flag = True
+        return fn(*args)
+    return _torch_thread.submit(run)
 
 
 def on_torch_thread(fn, *args):
     """`fn(*args)` on the app's torch thread (directly when already there), its result or its exception."""
     if getattr(_on_torch_thread, "flag", False):
         return fn(*args)
-
-    def run():
-        _on_torch_thread.flag = True
-        return fn(*args)
-    return _torch_thread.submit(run).result()
+    return _submit(fn, *args).result()
 
 
 @dataclass
@@ -58,6 +62,8 @@ class Predictor:
         args_path = folder / "training_args.json"
         self.training_args = json.loads(args_path.read_text()) if args_path.is_file() else {}
         self.samples = _read_samples(folder)
+        self._waiting: list[tuple[Image.Image, Future]] = []
+        self._waiting_lock = threading.Lock()
 
     @property
     def folder(self) -> Path:
@@ -65,6 +71,32 @@ class Predictor:
 
     def probabilities(self, images: list[Image.Image]) -> torch.Tensor:
         return on_torch_thread(self._probabilities, images)
+
+    def probability(self, image: Image.Image) -> torch.Tensor:
+        """One image's class probabilities. Requests that arrive while the torch thread is busy wait in a
+        list and run as one batch when it frees up: one forward pass over n images costs less than n passes
+        (fewer thread hand-offs and OpenMP barriers on a CPU, far fewer kernel launches on a GPU)."""
+        if getattr(_on_torch_thread, "flag", False):
+            return self._probabilities([image])[0]
+        future = Future()
+        with self._waiting_lock:
+            self._waiting.append((image, future))
+        _submit(self._run_waiting)  # the first of these to run takes every request waiting by then
+        return future.result()
+
+    def _run_waiting(self):
+        with self._waiting_lock:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+        if not batch:
+            return
+        try:
+            probs = self._probabilities([image for image, _ in batch])
+        except Exception as e:  # every waiting caller gets the error, none is left hanging
+            for _, future in batch:
+                future.set_exception(e)
+            return
+        for (_, future), p in zip(batch, probs):
+            future.set_result(p)
 
     def _probabilities(self, images: list[Image.Image]) -> torch.Tensor:
         batch = torch.stack([self.transform(image) for image in images])
@@ -80,7 +112,7 @@ class Predictor:
         """-> (top-k [(label, probability)], milliseconds, (width, height)); raises BadImageError."""
         image = source if isinstance(source, Image.Image) else open_rgb(source, name=name)
         start = time.perf_counter()
-        probs = self.probabilities([image])[0]
+        probs = self.probability(image)
         return self.top_k(probs, k), 1000 * (time.perf_counter() - start), image.size
 
     def classify_many(self, images: list[Image.Image], k: int = 5, batch_size: int = 32):
