@@ -36,9 +36,13 @@ def _submit(fn, *args) -> Future:
     return _torch_thread.submit(run)
 
 
+def _in_torch_thread() -> bool:
+    return getattr(_on_torch_thread, "flag", False)
+
+
 def on_torch_thread(fn, *args):
     """`fn(*args)` on the app's torch thread (directly when already there), its result or its exception."""
-    if getattr(_on_torch_thread, "flag", False):
+    if _in_torch_thread():
         return fn(*args)
     return _submit(fn, *args).result()
 
@@ -76,7 +80,7 @@ class Predictor:
         """One image's class probabilities. Requests that arrive while the torch thread is busy wait in a
         list and run as one batch when it frees up: one forward pass over n images costs less than n passes
         (fewer thread hand-offs and OpenMP barriers on a CPU, far fewer kernel launches on a GPU)."""
-        if getattr(_on_torch_thread, "flag", False):
+        if _in_torch_thread():
             return self._probabilities([image])[0]
         future = Future()
         with self._waiting_lock:

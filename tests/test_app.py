@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -191,7 +192,7 @@ def test_requests_waiting_for_the_torch_thread_run_as_one_batch(trained):
             for _ in range(500):
                 if len(predictor._waiting) == len(images):
                     break
-                threading.Event().wait(0.01)
+                time.sleep(0.01)
             busy.set()
             together = [f.result(timeout=60)[0] for f in futures]
     finally:
