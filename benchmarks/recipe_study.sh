@@ -2,7 +2,9 @@
 # The CIFAR-10 recipe study of docs/RESULTS.md: one fixed budget (a seeded 10,000-image subset of the training
 # split, 10 epochs, the full 5,000-image validation split every epoch, the test split once at the end), varying
 # one thing at a time from the base recipe (64 px, SGD nesterov lr 0.1, one-cycle, label smoothing 0.1, basic
-# augmentation). Runs one after another so each row's wall-clock minutes are its own.
+# augmentation). Runs one after another so each row's wall-clock minutes are its own. Every row checkpoints
+# each epoch and a rerun resumes it (a session that ends mid-row loses at most one epoch; the history, and so
+# the minutes of training steps, carry over).
 #
 #   bash benchmarks/recipe_study.sh ../shared/data/cifar10 runs/study      # all rows; or name some:
 #   bash benchmarks/recipe_study.sh ../shared/data/cifar10 runs/study 96px adamw
@@ -18,7 +20,9 @@ run() {  # name, then the options that differ from the base recipe
     local name=$1; shift
     [ "$only" = "  " ] || [[ "$only" == *" $name "* ]] || return 0
     [ -f "$out/$name/metrics.json" ] && { echo "skip $name (done)"; return; }
-    python train_accelerate.py "${base[@]}" --output-dir "$out/$name" "$@"
+    local resume=()
+    compgen -G "$out/$name/checkpoints/*" > /dev/null && resume=(--resume latest)
+    python train_accelerate.py "${base[@]}" --checkpoint-every epoch --output-dir "$out/$name" "$@" "${resume[@]}"
 }
 
 run 64px-sgd-basic
