@@ -4,7 +4,8 @@
     python -m benchmarks.inference_speed --model runs/cifar10 --requests 200
 
 One run measures, with the same image (the model's first gallery sample):
-- model-only: the network on an already preprocessed 1-image tensor;
+- model-only: the network on an already preprocessed 1-image tensor, with the app's thread count, and with
+  every core when that differs;
 - Predictor: decoding the uploaded bytes + timm preprocessing + the network (what every endpoint calls);
 - batch: Predictor.classify_many on 256 decoded images (the batch endpoint's path), images/s;
 - REST: POST /api/classify to app.py over loopback, and to a no-op endpoint (HTTP's own floor);
@@ -27,13 +28,22 @@ from gradio_client import Client, handle_file
 
 from benchmarks.load_app import free_port, run_client, start_app, start_server
 from classifier.images import open_rgb
-from classifier.predict import load_predictors, on_torch_thread
+from classifier.predict import load_predictors, on_torch_thread, usable_cpus
 from classifier.train import describe_hardware
 
 
 def percentiles(seconds: list[float]) -> tuple[float, float]:
     ms = 1000 * np.asarray(seconds)
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+
+
+def with_threads(n: int, fn, *args):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(before)
 
 
 def timed(call, n: int, warmup: int = 5) -> list[float]:
@@ -97,8 +107,13 @@ def main(argv=None) -> int:
             predictor.model(x)
 
     rows = {}
-    # on the thread that runs the app's forward passes, as Predictor does (classifier/predict.py says why)
+    # on the thread that runs the app's forward passes, with its thread count, as Predictor does
+    # (classifier/predict.py says why); then with every core, for what a single request gives up
     rows["model-only"] = percentiles(on_torch_thread(timed, model_only, args.requests))
+    app_threads, cores = on_torch_thread(torch.get_num_threads), usable_cpus()
+    if cores != app_threads:
+        rows[f"model-only, {cores} threads (not the app's setting)"] = percentiles(
+            on_torch_thread(with_threads, cores, timed, model_only, args.requests))
     rows["Predictor"] = percentiles(timed(lambda: predictor.classify(data), args.requests))
     batch = [open_rgb(data)] * 256
     start = time.perf_counter()
@@ -126,6 +141,7 @@ def main(argv=None) -> int:
 
     model_p50 = rows["model-only"][0]
     print(f"\n{predictor.name} ({predictor.input_size} px) on {describe_hardware(torch.device('cpu'))}; "
+          f"forward passes on {app_threads} of {cores} usable cores' threads; "
           f"{args.requests} sequential calls per latency row, "
           f"{args.clients} clients x {args.client_requests} calls per concurrent row\n")
     print("| path | p50 ms | p95 ms | throughput |")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -20,20 +21,48 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_MODELS = PROJECT_ROOT / "models"
 
+
+def _cgroup_cpu_quota(cgroup: Path) -> float | None:
+    """The CPU quota in cores (cgroup v2 `cpu.max`, or v1 `cpu.cfs_quota_us`), None when there is none."""
+    try:
+        if (cgroup / "cpu.max").is_file():  # "<quota> <period>", or "max <period>"
+            quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())  # -1: no quota
+        return quota / int((cgroup / "cpu" / "cpu.cfs_period_us").read_text()) if quota > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity mask, capped by its cgroup's quota (a container, a Space
+    among them, can see every core of its host and still be allowed only a few cores' worth)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_cpu_quota(cgroup)
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def app_torch_threads() -> int:
+    """Threads for the app's forward passes: one core fewer than the process may use, so uvicorn's and
+    Gradio's own work (uploads, the queue, events) keeps a core under load. On the 2-core machine one
+    thread instead of two raised 16-client throughput by 38 % and cost 7 ms of single-request latency
+    (docs/PERFORMANCE.md); OpenMP's passive wait policy and shorter spins gained less."""
+    return max(1, usable_cpus() - 1)
+
+
+def _start_torch_thread():
+    _on_torch_thread.flag = True
+    if "OMP_NUM_THREADS" not in os.environ:  # the user's own setting wins
+        torch.set_num_threads(app_torch_threads())
+
+
 # All of the app's torch work (loading the models, every forward pass) runs on this one thread: called from
 # Gradio's and FastAPI's worker threads, a model loaded on another thread ran at single-thread speed, about
 # 1.6x the latency (benchmarks/inference_threads.py, docs/PERFORMANCE.md; likely each thread's own OpenMP
-# team competing for the two cores). One thread also serialises requests, so two never fight over the cores.
-_torch_thread = ThreadPoolExecutor(1, thread_name_prefix="torch")
+# team competing for the cores). One thread also serialises requests, so two never fight over the cores.
 _on_torch_thread = threading.local()
+_torch_thread = ThreadPoolExecutor(1, thread_name_prefix="torch", initializer=_start_torch_thread)
 MAX_BATCH = 32  # waiting requests run together up to this many images
-
-
-def _submit(fn, *args) -> Future:
-    def run():
-        _on_torch_thread.flag = True
-        return fn(*args)
-    return _torch_thread.submit(run)
 
 
 def _in_torch_thread() -> bool:
@@ -44,7 +73,7 @@ def on_torch_thread(fn, *args):
     """`fn(*args)` on the app's torch thread (directly when already there), its result or its exception."""
     if _in_torch_thread():
         return fn(*args)
-    return _submit(fn, *args).result()
+    return _torch_thread.submit(fn, *args).result()
 
 
 @dataclass
@@ -85,7 +114,7 @@ class Predictor:
         future = Future()
         with self._waiting_lock:
             self._waiting.append((image, future))
-        _submit(self._run_waiting)  # the first of these to run takes every request waiting by then
+        _torch_thread.submit(self._run_waiting)  # the first of these to run takes every request waiting by then
         return future.result()
 
     def _run_waiting(self):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
 import random
 import subprocess
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from gradio_client import Client, handle_file
 
-from classifier.predict import load_predictors
+from classifier.predict import app_torch_threads, load_predictors, usable_cpus
 
 from .conftest import CLASSES, shape_image
 from .image_corpus import BAD, GOOD, GREY, write_corpus
@@ -158,11 +160,17 @@ def same_predictions(a, b) -> bool:
 
 
 def test_every_forward_pass_runs_on_the_one_torch_thread(trained):
-    """Requests arrive on Gradio's and FastAPI's worker threads; the model runs on one thread (predict.py says why)."""
+    """Requests arrive on Gradio's and FastAPI's worker threads; the model runs on one thread (predict.py says
+    why), with one core left to the web server unless OMP_NUM_THREADS says otherwise."""
     predictor = next(iter(load_predictors(str(trained))[0].values()))
     image = shape_image("red", random.Random(3), size=64)
-    threads = set()
-    hook = predictor.model.register_forward_pre_hook(lambda module, args: threads.add(threading.get_ident()))
+    threads, intra_op_threads = set(), set()
+
+    def record(module, args):
+        threads.add(threading.get_ident())
+        intra_op_threads.add(torch.get_num_threads())
+
+    hook = predictor.model.register_forward_pre_hook(record)
     try:
         expected = predictor.classify(image, k=3)[0]
         with ThreadPoolExecutor(4) as pool:
@@ -170,7 +178,26 @@ def test_every_forward_pass_runs_on_the_one_torch_thread(trained):
     finally:
         hook.remove()
     assert len(threads) == 1 and threading.get_ident() not in threads
+    assert intra_op_threads == {int(os.environ.get("OMP_NUM_THREADS", 0)) or app_torch_threads()}
     assert all(same_predictions(r, expected) for r in results)
+
+
+@pytest.mark.parametrize("files, cores", [
+    ({"cpu.max": "150000 100000"}, 2),  # cgroup v2, 1.5 cores: two threads can share them
+    ({"cpu.max": "100000 100000"}, 1),
+    ({"cpu.max": "max 100000"}, None),  # no quota: the affinity mask decides
+    ({"cpu/cpu.cfs_quota_us": "100000", "cpu/cpu.cfs_period_us": "50000"}, 2),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+    ({"cpu.max": "garbage"}, None),
+    ({}, None),
+])
+def test_usable_cpus_follow_the_container_quota(tmp_path, files, cores):
+    """A Space's container can see all of its host's cores; the app must size its threads by the quota."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text + "\n")
+    mask = len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path) == (min(mask, cores) if cores else mask)
 
 
 def test_requests_waiting_for_the_torch_thread_run_as_one_batch(trained):
@@ -185,7 +212,7 @@ def test_requests_waiting_for_the_torch_thread_run_as_one_batch(trained):
     batch_sizes = []
     hook = predictor.model.register_forward_pre_hook(lambda module, args: batch_sizes.append(len(args[0])))
     busy = threading.Event()
-    predict._submit(busy.wait, 30)  # occupies the torch thread, as a long request would
+    predict._torch_thread.submit(busy.wait, 30)  # occupies the torch thread, as a long request would
     try:
         with ThreadPoolExecutor(len(images)) as pool:
             futures = [pool.submit(predictor.classify, image, 3) for image in images]
