@@ -93,6 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--client-requests", type=int, default=20, help="calls per client in the concurrent rows")
     args = parser.parse_args(argv)
 
+    hardware = describe_hardware(torch.device("cpu"))  # before the app's torch thread sets its own thread count
     predictors, _ = load_predictors(args.model)
     predictor = next(iter(predictors.values()))
     samples = [s for s in predictor.samples if s.kind == "gallery"]
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
         noop.wait(timeout=30)
 
     model_p50 = rows["model-only"][0]
-    print(f"\n{predictor.name} ({predictor.input_size} px) on {describe_hardware(torch.device('cpu'))}; "
+    print(f"\n{predictor.name} ({predictor.input_size} px) on {hardware}; "
           f"forward passes on {app_threads} of {cores} usable cores' threads; "
           f"{args.requests} sequential calls per latency row, "
           f"{args.clients} clients x {args.client_requests} calls per concurrent row\n")

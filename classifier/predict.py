@@ -52,7 +52,9 @@ def app_torch_threads() -> int:
 
 def _start_torch_thread():
     _on_torch_thread.flag = True
-    if "OMP_NUM_THREADS" not in os.environ:  # the user's own setting wins
+    # the user's own setting wins. (torch also makes this the default of threads that first use torch
+    # later in this process; in the app they do not, every forward pass runs here.)
+    if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(app_torch_threads())
 
 
