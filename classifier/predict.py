@@ -45,8 +45,8 @@ def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
 def app_torch_threads() -> int:
     """Threads for the app's forward passes: one core fewer than the process may use, so uvicorn's and
     Gradio's own work (uploads, the queue, events) keeps a core under load. On the 2-core machine one
-    thread instead of two raised 16-client throughput by 38 % and cost 7 ms of single-request latency
-    (docs/PERFORMANCE.md); OpenMP's passive wait policy and shorter spins gained less."""
+    thread instead of two raised 16-client throughput by 28-38 % and cost 8 ms of single-request latency
+    (benchmarks/app_env_ab.py, docs/PERFORMANCE.md); OpenMP's passive wait policy and shorter spins gained less."""
     return max(1, usable_cpus() - 1)
 
 
