@@ -1,6 +1,8 @@
 """Compare finished training runs: one markdown table and one figure of their curves.
 
     python -m benchmarks.compare_runs runs/cifar10-* --plot docs/recipe_study.png
+    python -m benchmarks.compare_runs runs/study/* --plot study.png --group "optimizer=sgd-run,adamw-run" \
+        --group "augmentation=adamw-run,no-augment-run"       # one row of panels per group
 
 Reads each model folder's metrics.json and training_args.json (what train_accelerate.py writes), so the
 table and the figure can be made again at any time from the folders alone.
@@ -38,32 +40,46 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: list[dict], path: Path) -> None:
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run in runs:
-        history = run["metrics"]["history"]
-        epochs = [h["epoch"] for h in history]
-        line, = ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], label=run["name"])
-        ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], ":", color=line.get_color())
-        ax_loss.plot(epochs, [h["val_loss"] for h in history], color=line.get_color(), label=run["name"])
-        ax_loss.plot(epochs, [h["train_loss"] for h in history], ":", color=line.get_color())
-    ax_loss.set(xlabel="epoch", ylabel="loss (solid: validation, dotted: train)")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy % (solid: validation, dotted: train)")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-    ax_acc.legend(fontsize=7)
+def plot(groups: list[tuple[str, list[dict]]], path: Path) -> None:
+    """One row of (loss, accuracy) panels per group of runs: curves of one comparison at a time stay readable."""
+    fig, axes = plt.subplots(len(groups), 2, figsize=(12, 4.5 * len(groups)), squeeze=False)
+    for (title, runs), (ax_loss, ax_acc) in zip(groups, axes):
+        for run in runs:
+            history = run["metrics"]["history"]
+            epochs = [h["epoch"] for h in history]
+            line, = ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], label=run["name"])
+            ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], ":", color=line.get_color())
+            ax_loss.plot(epochs, [h["val_loss"] for h in history], color=line.get_color(), label=run["name"])
+            ax_loss.plot(epochs, [h["train_loss"] for h in history], ":", color=line.get_color())
+        ax_loss.set(xlabel="epoch", ylabel="loss (solid: validation, dotted: train)", title=title)
+        ax_acc.set(xlabel="epoch", ylabel="accuracy % (solid: validation, dotted: train)", title=title)
+        for ax in (ax_loss, ax_acc):
+            ax.grid(alpha=0.3)
+        ax_acc.legend(fontsize=7)
     save_figure(fig, path)
+
+
+def parse_group(text: str, runs: dict[str, dict]) -> tuple[str, list[dict]]:
+    title, _, names = text.rpartition("=")
+    missing = [n for n in names.split(",") if n not in runs]
+    if missing:
+        raise SystemExit(f"--group {text!r}: no finished run named {', '.join(missing)} (have: {', '.join(runs)})")
+    return title, [runs[n] for n in names.split(",")]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--plot", type=Path, help="write the combined curves here")
+    parser.add_argument("--group", action="append", metavar="TITLE=RUN,RUN,...",
+                        help="plot these runs (folder names) in a row of their own; repeatable")
     args = parser.parse_args(argv)
     runs = [read_run(f) for f in args.folders if (f / "metrics.json").is_file()]
+    by_name = {run["name"]: run for run in runs}
+    groups = [parse_group(g, by_name) for g in args.group] if args.group else [("", runs)]
     print(table(runs))
     if args.plot:
-        plot(runs, args.plot)
+        plot(groups, args.plot)
         print(f"\nfigure: {args.plot}")
     return 0
 

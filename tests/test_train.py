@@ -244,3 +244,19 @@ def test_strong_augmentation_mixup_cosine_and_tensorboard(parquet_repo, tmp_path
     assert {t.dtype for t in load_file(out / "model.safetensors").values() if t.is_floating_point()} == {torch.float16}
     exported = metrics["final"]["exported_weights"]
     assert exported["dtype"] == "float16" and 0 <= exported["accuracy"] <= 1
+
+
+def test_compare_runs_tables_and_plots_finished_runs(trained, tmp_path, capsys):
+    """The recipe study's table and figure are made from run folders alone (benchmarks/compare_runs.py)."""
+    from benchmarks.compare_runs import main as compare_runs
+
+    figure = tmp_path / "runs.png"
+    assert compare_runs([str(trained), "--plot", str(figure), "--group", f"one group={trained.name}",
+                         "--group", f"another={trained.name}"]) == 0
+    accuracy = json.loads((trained / "metrics.json").read_text())["final"]["accuracy"]
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {trained.name} |"))
+    assert f"| {100 * accuracy:.2f} |" in row
+    width, height = Image.open(figure).size
+    assert height > width / 2  # two groups: two rows of panels
+    with pytest.raises(SystemExit, match="no finished run named nope"):
+        compare_runs([str(trained), "--plot", str(figure), "--group", "missing=nope"])
