@@ -131,17 +131,20 @@ def training_inputs(train_data, batches, device, workers: int):
         yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True), failed
 
 
-def build_optimizer(args, model):
+def build_optimizer(args, model, device: torch.device):
     # no weight decay on norm layers and biases: standard for ResNets, and it matters for short schedules
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # one fused kernel over all parameters instead of a loop per tensor: on a 2-core CPU resnet18's AdamW step
+    # drops from 32 to 5.5 ms (SGD 8.9 to 3.6), about 8 % of a 32 px training step; other devices keep the default
+    fused = True if device.type in ("cpu", "cuda") else None
     if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True, fused=fused)
     if args.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=args.lr)
+        return torch.optim.AdamW(groups, lr=args.lr, fused=fused)
     # Adam's weight decay is L2 added to the gradient, unlike AdamW's decoupled decay
-    return torch.optim.Adam(groups, lr=args.lr)
+    return torch.optim.Adam(groups, lr=args.lr, fused=fused)
 
 
 def build_scheduler(args, optimizer, total_steps: int, steps_per_epoch: int):
@@ -289,7 +292,7 @@ def run(args) -> dict:
                         f"process(es) x {accumulation} accumulation steps; lower --gradient-accumulation-steps.")
     steps_per_epoch = batches_per_epoch // accumulation
     total_steps = steps_per_epoch * args.epochs
-    optimizer = build_optimizer(args, model)
+    optimizer = build_optimizer(args, model, accelerator.device)
     scheduler = build_scheduler(args, optimizer, total_steps, steps_per_epoch)
     val_loader = eval_loader(val_data, args.eval_batch_size)
     test_loader = eval_loader(test_data, args.eval_batch_size) if test_data else None
