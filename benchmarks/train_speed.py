@@ -5,7 +5,8 @@
 
 Every row uses the same model, image size, batch size and precision (bf16 autocast where supported, as
 training does), and measures images per second over whole steps after warm-up:
-1. model-only: forward + backward + optimizer step on synthetic tensors already in memory (the bound);
+1. model-only: forward + backward + optimizer step (the dataset preset's optimizer, as our loop uses) on
+   synthetic tensors already in memory (the bound);
 2. our loop: `train_accelerate.py` itself on the real dataset (memory path, then stream path), timed over its
    second epoch from the run's own per-epoch training seconds;
 3. the usual pipeline, built as the Hugging Face image-classification example builds it: per-sample PIL
@@ -29,7 +30,8 @@ from torchvision import transforms
 
 from classifier.data import load_splits
 from classifier.model import create_model
-from classifier.train import describe_hardware, resolve_mixed_precision
+from classifier.options import parse_args
+from classifier.train import build_optimizer, describe_hardware, resolve_mixed_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,9 +42,10 @@ def autocast(precision: str):
     return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
 
 
-def new_model(num_classes: int, device: torch.device, compile_model: bool):
+def new_model(dataset: str, num_classes: int, device: torch.device, compile_model: bool):
     model = create_model("resnet18", num_classes, pretrained=False)[0].to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    # the optimizer our loop uses for this dataset (its preset's), so every row does the same work per step
+    optimizer = build_optimizer(parse_args(["--dataset", dataset]), model, device)
     return (torch.compile(model) if compile_model else model), optimizer
 
 
@@ -76,8 +79,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def model_only(size, batch, precision, device, warmup, steps, compile_model) -> float:
-    model, optimizer = new_model(10, device, compile_model)
+def model_only(dataset, size, batch, precision, device, warmup, steps, compile_model) -> float:
+    model, optimizer = new_model(dataset, 10, device, compile_model)
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     return timed_steps(((x, y) for _ in iter(int, 1)), model, optimizer, precision, device, warmup, steps)
@@ -108,7 +111,7 @@ def our_loop(dataset, size, batch, steps, data_path, compile_model, workers) -> 
 def per_sample_pipeline(dataset, size, batch, precision, device, warmup, steps, workers) -> float:
     """The Hugging Face example's data path: PIL transforms per sample in `with_transform`, a plain DataLoader."""
     splits = load_splits(dataset, max_train_samples=batch * (warmup + steps))
-    model, optimizer = new_model(len(splits.label_names), device, compile_model=False)
+    model, optimizer = new_model(dataset, len(splits.label_names), device, compile_model=False)
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     train_transforms = transforms.Compose([
         transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
@@ -148,7 +151,7 @@ def main(argv=None) -> int:
         return compile_table(args, precision, device, name)
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        bound = model_only(size, args.batch_size, precision, device, args.warmup, args.steps, False)
+        bound = model_only(args.dataset, size, args.batch_size, precision, device, args.warmup, args.steps, False)
         memory, warmup, _ = our_loop(args.dataset, size, args.batch_size, args.steps, "memory", False, args.workers)
         stream, _, _ = our_loop(args.dataset, size, args.batch_size, args.steps, "stream", False, args.workers)
         usual = per_sample_pipeline(args.dataset, size, args.batch_size, precision, device, args.warmup,
@@ -176,7 +179,7 @@ def compile_table(args, precision, device, name) -> int:
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         loops = [our_loop(args.dataset, size, args.batch_size, args.steps, "memory", c, args.workers) for c in (0, 1)]
-        bound = [model_only(size, args.batch_size, precision, device, args.warmup, args.steps, c) for c in (0, 1)]
+        bound = [model_only(args.dataset, size, args.batch_size, precision, device, args.warmup, args.steps, c) for c in (0, 1)]
         rows.append((size, bound, loops))
         print(f"[{size}px] model-only {bound[0]:.0f} -> {bound[1]:.0f}, our loop {loops[0][0]:.0f} -> "
               f"{loops[1][0]:.0f} img/s", file=sys.stderr, flush=True)
