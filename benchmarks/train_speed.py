@@ -1,6 +1,6 @@
 """Training throughput: the model-only bound vs our training loop vs the usual per-sample `datasets` pipeline.
 
-    python -m benchmarks.train_speed --dataset ../shared/data/cifar10                  # 32 and 64 px
+    python -m benchmarks.train_speed --dataset ../shared/data/cifar10                  # 32 px and the preset's
     python -m benchmarks.train_speed --dataset ../shared/data/cifar10 --sizes 64 --compile   # eager vs compiled
 
 Every row uses the same model, image size, batch size and precision (bf16 autocast where supported, as
@@ -136,13 +136,14 @@ def per_sample_pipeline(dataset, size, batch, precision, device, warmup, steps, 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="../shared/data/cifar10")
-    parser.add_argument("--sizes", default="32,64", help="image sizes, comma separated")
+    parser.add_argument("--sizes", help="image sizes, comma separated (default: 32 and the dataset's training size)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=30, help="timed steps per row (after warm-up)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers where one is used")
     parser.add_argument("--compile", action="store_true", help="compare eager with torch.compile instead")
     args = parser.parse_args(argv)
+    args.sizes = args.sizes or f"32,{parse_args(['--dataset', args.dataset]).img_size}"
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_mixed_precision("auto")
