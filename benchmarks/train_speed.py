@@ -42,10 +42,10 @@ def autocast(precision: str):
     return torch.autocast(device, dtype=dtype, enabled=dtype is not None)
 
 
-def new_model(dataset: str, num_classes: int, device: torch.device, compile_model: bool):
+def new_model(train_args, num_classes: int, device: torch.device, compile_model: bool):
     model = create_model("resnet18", num_classes, pretrained=False)[0].to(device, memory_format=torch.channels_last)
     # the optimizer our loop uses for this dataset (its preset's), so every row does the same work per step
-    optimizer = build_optimizer(parse_args(["--dataset", dataset]), model, device)
+    optimizer = build_optimizer(train_args, model, device)
     return (torch.compile(model) if compile_model else model), optimizer
 
 
@@ -79,8 +79,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def model_only(dataset, size, batch, precision, device, warmup, steps, compile_model) -> float:
-    model, optimizer = new_model(dataset, 10, device, compile_model)
+def model_only(train_args, size, batch, precision, device, warmup, steps, compile_model) -> float:
+    model, optimizer = new_model(train_args, 10, device, compile_model)
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     return timed_steps(((x, y) for _ in iter(int, 1)), model, optimizer, precision, device, warmup, steps)
@@ -108,10 +108,10 @@ def our_loop(dataset, size, batch, steps, data_path, compile_model, workers) -> 
     return batch * steps / second["seconds"], first["seconds"] - second["seconds"], outside_training
 
 
-def per_sample_pipeline(dataset, size, batch, precision, device, warmup, steps, workers) -> float:
+def per_sample_pipeline(train_args, size, batch, precision, device, warmup, steps, workers) -> float:
     """The Hugging Face example's data path: PIL transforms per sample in `with_transform`, a plain DataLoader."""
-    splits = load_splits(dataset, max_train_samples=batch * (warmup + steps))
-    model, optimizer = new_model(dataset, len(splits.label_names), device, compile_model=False)
+    splits = load_splits(train_args.dataset, max_train_samples=batch * (warmup + steps))
+    model, optimizer = new_model(train_args, len(splits.label_names), device, compile_model=False)
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     train_transforms = transforms.Compose([
         transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
@@ -143,19 +143,20 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="DataLoader workers where one is used")
     parser.add_argument("--compile", action="store_true", help="compare eager with torch.compile instead")
     args = parser.parse_args(argv)
-    args.sizes = args.sizes or f"32,{parse_args(['--dataset', args.dataset]).img_size}"
+    train_args = parse_args(["--dataset", args.dataset])  # the recipe our loop gets for this dataset
+    args.sizes = args.sizes or f"32,{train_args.img_size}"
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = resolve_mixed_precision("auto")
     name = describe_hardware(device)
     if args.compile:
-        return compile_table(args, precision, device, name)
+        return compile_table(args, train_args, precision, device, name)
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        bound = model_only(args.dataset, size, args.batch_size, precision, device, args.warmup, args.steps, False)
+        bound = model_only(train_args, size, args.batch_size, precision, device, args.warmup, args.steps, False)
         memory, warmup, _ = our_loop(args.dataset, size, args.batch_size, args.steps, "memory", False, args.workers)
         stream, _, _ = our_loop(args.dataset, size, args.batch_size, args.steps, "stream", False, args.workers)
-        usual = per_sample_pipeline(args.dataset, size, args.batch_size, precision, device, args.warmup,
+        usual = per_sample_pipeline(train_args, size, args.batch_size, precision, device, args.warmup,
                                     args.steps, args.workers)
         rows.append((size, bound, memory, stream, usual, warmup))
         print(f"[{size}px] model-only {bound:.0f}, ours (memory) {memory:.0f}, ours (stream) {stream:.0f}, "
@@ -171,7 +172,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def compile_table(args, precision, device, name) -> int:
+def compile_table(args, train_args, precision, device, name) -> int:
     """Eager vs torch.compile. A compiled run pays its compile time once, then saves (1/eager - 1/compiled)
     seconds per image, so it wins end to end only past `fixed seconds it adds / seconds it saves per image`."""
     # an empty inductor cache, so the compile time is what a first run pays (later runs of the same shapes on
@@ -180,7 +181,8 @@ def compile_table(args, precision, device, name) -> int:
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         loops = [our_loop(args.dataset, size, args.batch_size, args.steps, "memory", c, args.workers) for c in (0, 1)]
-        bound = [model_only(args.dataset, size, args.batch_size, precision, device, args.warmup, args.steps, c) for c in (0, 1)]
+        bound = [model_only(train_args, size, args.batch_size, precision, device, args.warmup, args.steps, c)
+                 for c in (0, 1)]
         rows.append((size, bound, loops))
         print(f"[{size}px] model-only {bound[0]:.0f} -> {bound[1]:.0f}, our loop {loops[0][0]:.0f} -> "
               f"{loops[1][0]:.0f} img/s", file=sys.stderr, flush=True)
