@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.data.random_erasing import RandomErasing
 from torchvision.transforms import v2
 
 AUGMENT_LEVELS = ("none", "basic", "strong")
@@ -20,9 +21,13 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
 
 class BatchAugment:
     """`none`: resize only. `basic`: random translation (pad-and-crop) + horizontal flip.
-    `strong`: basic + random zoom-in + TrivialAugment colour/shape ops."""
+    `strong`: basic + random zoom-in + TrivialAugment colour/shape ops.
+    `random_erase`, at any level but `none`: the probability that an image gets one box of noise (timm's
+    RandomErasing, i.e. Cutout with noise), which hides a part of the object so the model cannot lean on any
+    single one."""
 
-    def __init__(self, level: str, out_size: int, mean, std, max_shift: float = 0.125, trivial_group: int = 8):
+    def __init__(self, level: str, out_size: int, mean, std, max_shift: float = 0.125, trivial_group: int = 8,
+                 random_erase: float = 0.0, device: torch.device | str = "cpu"):
         if level not in AUGMENT_LEVELS:
             raise ValueError(f"augment level must be one of {AUGMENT_LEVELS}, got {level!r}")
         self.level, self.out_size = level, out_size
@@ -30,6 +35,9 @@ class BatchAugment:
         self.max_shift = max_shift  # fraction of the image; 0.125 is the classic 4 px on CIFAR's 32 px
         self.trivial_group = trivial_group
         self.trivial = v2.TrivialAugmentWide()
+        # per-pixel noise in normalised units, like the rest of the image; after the resize, so that boxes have
+        # sharp edges at the training size
+        self.erase = RandomErasing(random_erase, mode="pixel", device=device) if random_erase > 0 else None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.level == "strong":
@@ -40,7 +48,10 @@ class BatchAugment:
         x = normalize(images, mean, std)
         if self.level == "none":
             return self._resize(x)
-        return self._random_affine(x).contiguous(memory_format=torch.channels_last)
+        x = self._random_affine(x)
+        if self.erase is not None:
+            x = self.erase(x)
+        return x.contiguous(memory_format=torch.channels_last)
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] == self.out_size and x.shape[-2] == self.out_size:

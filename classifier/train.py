@@ -318,7 +318,7 @@ def run(args) -> dict:
         train_data = TensorSplit(train_data.images.to(device), train_data.labels.to(device), train_data.rows)
     bad_streamed = set()  # streamed training images that failed to decode (skipped with --skip-bad-images)
     mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
-    augment = BatchAugment(args.augment, args.img_size, mean, std)
+    augment = BatchAugment(args.augment, args.img_size, mean, std, random_erase=args.random_erase, device=device)
     mixup = None
     if args.mixup > 0 or args.cutmix > 0:
         mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.label_smoothing,

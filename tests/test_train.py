@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from classifier.augment import BatchAugment
 from classifier.data import DataError, load_splits
 from classifier.model import load_folder
 
@@ -101,7 +102,8 @@ def test_resume_mid_epoch_equals_uninterrupted(parquet_repo, tmp_path):
 
 def test_streamed_training_set_gives_the_same_weights_as_the_in_memory_one(parquet_repo, tmp_path):
     """The streaming path (DataLoader workers decoding each batch) feeds the loop bit-identical batches."""
-    args = ["--dataset", parquet_repo, "--epochs", "1", "--augment", "strong", "--samples-per-class", "0", *FAST]
+    args = ["--dataset", parquet_repo, "--epochs", "1", "--augment", "strong", "--random-erase", "0.5",
+            "--samples-per-class", "0", *FAST]
     train(*args, "--output-dir", tmp_path / "memory", "--data-path", "memory")
     train(*args, "--output-dir", tmp_path / "stream", "--data-path", "stream", "--data-workers", "2")
     in_memory, streamed = load_file(tmp_path / "memory" / "model.safetensors"), load_file(
@@ -183,6 +185,26 @@ def test_corrupt_image_is_named_or_skipped(tmp_path, data_path):
           "--skip-bad-images", "--data-path", data_path, *FAST)
     skipped = json.loads((tmp_path / "out" / "metrics.json").read_text())["skipped_images"]
     assert sum(skipped.values()) == 1
+
+
+def test_random_erase_hides_one_box_per_image_and_nothing_else():
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    outputs = {}
+    for p in (0.0, 1.0):
+        torch.manual_seed(0)  # the same shifts and flips in both; erasing draws its noise after them
+        outputs[p] = BatchAugment("basic", 64, (0.5,) * 3, (0.25,) * 3, random_erase=p)(images)
+    changed = (outputs[0.0] != outputs[1.0]).any(dim=1)  # (B, H, W): pixels the erasing touched
+    for mask in changed:
+        rows, cols = mask.any(dim=1).nonzero().flatten(), mask.any(dim=0).nonzero().flatten()
+        box = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.float().mean() > 0.99  # one solid rectangle, nothing outside it
+        assert 0.02 * 64 * 64 * 0.9 <= box.numel() <= 64 * 64 / 3 * 1.1  # timm's 2-33 % of the image
+
+
+def test_random_erase_without_augmentation_is_refused(tmp_path):
+    result = subprocess.run([sys.executable, "train_accelerate.py", "--dataset", str(tmp_path), "--augment", "none",
+                             "--random-erase", "0.25"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "--random-erase needs --augment basic or strong" in result.stderr
 
 
 def test_help_documents_options_with_defaults():
