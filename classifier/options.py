@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
     train.add_argument("--augment", choices=AUGMENT_LEVELS,
                        help="none; basic = shift + flip; strong = basic + zoom + TrivialAugment")
-    train.add_argument("--random-erase", type=float, default=0.0, metavar="PROB",
+    train.add_argument("--random-erase", type=float, metavar="PROB",
                        help="probability of erasing a random box of each training image (timm RandomErasing; "
                             "0 = off, needs --augment basic or strong)")
     train.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
@@ -124,13 +124,16 @@ def dataset_slug(dataset: str) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    erase_given = args.random_erase is not None
     for key, value in recipe_for(args.dataset).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if not 0 <= args.random_erase <= 1:
         parser.error(f"--random-erase is a probability, got {args.random_erase}")
     if args.random_erase and args.augment == "none":
-        parser.error("--random-erase needs --augment basic or strong (with none, training images are not augmented)")
+        if erase_given:
+            parser.error("--random-erase needs --augment basic or strong (with none, training images are not augmented)")
+        args.random_erase = 0.0  # a preset's erasing is part of the augmentation that --augment none turns off
     if args.output_dir is None:
         args.output_dir = f"runs/{dataset_slug(args.dataset)}"
     return args

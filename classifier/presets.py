@@ -27,6 +27,7 @@ GENERIC_RECIPE = dict(
     warmup_epochs=1.0,
     label_smoothing=0.1,
     augment="basic",
+    random_erase=0.0,
 )
 
 PRESETS = {
