@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from classifier.augment import BatchAugment
 from classifier.data import DataError, load_splits
 from classifier.model import load_folder
+from classifier.options import parse_args
 
 from .conftest import CLASSES, FAST, make_examples, train, write_parquet_repo
 
@@ -205,6 +206,12 @@ def test_random_erase_without_augmentation_is_refused(tmp_path):
     result = subprocess.run([sys.executable, "train_accelerate.py", "--dataset", str(tmp_path), "--augment", "none",
                              "--random-erase", "0.25"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "--random-erase needs --augment basic or strong" in result.stderr
+
+
+def test_preset_erasing_is_a_default_that_augment_none_turns_off():
+    assert parse_args(["--dataset", "cifar10"]).random_erase == 0.5
+    assert parse_args(["--dataset", "cifar10", "--random-erase", "0"]).random_erase == 0
+    assert parse_args(["--dataset", "cifar10", "--augment", "none"]).random_erase == 0
 
 
 def test_help_documents_options_with_defaults():
