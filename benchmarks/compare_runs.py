@@ -32,6 +32,8 @@ def table(runs: list[dict]) -> str:
     for run in runs:
         history, final = run["metrics"]["history"], run["metrics"]["final"]
         test = f"{100 * final['accuracy']:.2f}" if run["metrics"]["final_split"] == "test" else "n/a"
+        if "single_view_accuracy" in final and test != "n/a":  # with test-time views: also the image alone
+            test += f" ({final['tta']}; alone {100 * final['single_view_accuracy']:.2f})"
         minutes = history[-1].get("elapsed_seconds", sum(h["seconds"] for h in history)) / 60
         values = " | ".join(str(run["args"].get(c)) for c in COLUMNS)
         lines.append(f"| {run['name']} | {values} | {100 * max(h['val_accuracy'] for h in history):.2f} "

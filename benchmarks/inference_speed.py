@@ -4,8 +4,9 @@
     python -m benchmarks.inference_speed --model runs/cifar10 --requests 200
 
 One run measures, with the same image (the model's first gallery sample):
-- model-only: the network on an already preprocessed 1-image tensor, with the app's thread count, and with
-  every core when that differs;
+- model-only: the network on an already preprocessed 1-image tensor with the model's test-time views (the
+  image and its mirror for `test_time_augmentation: flip`), with the app's thread count, and with every
+  core when that differs; and on the image alone;
 - Predictor: decoding the uploaded bytes + timm preprocessing + the network (what every endpoint calls);
 - batch: Predictor.classify_many on 256 decoded images (the batch endpoint's path), images/s;
 - REST: POST /api/classify to app.py over loopback, and to a no-op endpoint (HTTP's own floor);
@@ -28,6 +29,7 @@ from gradio_client import Client, handle_file
 
 from benchmarks.load_app import free_port, run_client, start_app, start_server
 from classifier.images import open_rgb
+from classifier.model import view_probabilities
 from classifier.predict import load_predictors, on_torch_thread, usable_cpus
 from classifier.train import describe_hardware
 
@@ -103,14 +105,20 @@ def main(argv=None) -> int:
     data = Path(image_path).read_bytes()
     x = predictor.transform(open_rgb(data)).unsqueeze(0)
 
-    def model_only():
+    tta = predictor.loaded.tta
+
+    def model_only(views: str = tta):
         with torch.inference_mode():
-            predictor.model(x)
+            view_probabilities(predictor.model, x, views)
 
     rows = {}
     # on the thread that runs the app's forward passes, with its thread count, as Predictor does
-    # (classifier/predict.py says why); then with every core, for what a single request gives up
+    # (classifier/predict.py says why); then with every core, for what a single request gives up.
+    # With the model's test-time views, because that is the network's share of every prediction.
     rows["model-only"] = percentiles(on_torch_thread(timed, model_only, args.requests))
+    if tta != "none":
+        rows["model-only, the image alone (no test-time views)"] = percentiles(
+            on_torch_thread(timed, lambda: model_only("none"), args.requests))
     app_threads, cores = on_torch_thread(torch.get_num_threads), usable_cpus()
     if cores != app_threads:
         rows[f"model-only, {cores} threads (not the app's setting)"] = percentiles(
@@ -141,7 +149,7 @@ def main(argv=None) -> int:
         noop.wait(timeout=30)
 
     model_p50 = rows["model-only"][0]
-    print(f"\n{predictor.name} ({predictor.input_size} px) on {hardware}; "
+    print(f"\n{predictor.name} ({predictor.input_size} px, test-time augmentation: {tta}) on {hardware}; "
           f"forward passes on {app_threads} of {cores} usable cores' threads; "
           f"{args.requests} sequential calls per latency row, "
           f"{args.clients} clients x {args.client_requests} calls per concurrent row\n")

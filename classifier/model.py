@@ -17,6 +17,8 @@ from timm.models import save_for_hf
 log = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+# test-time augmentation: "flip" averages the predictions for an image and its mirror image
+TTA_CHOICES = ("none", "flip")
 
 
 class ModelSourceError(RuntimeError):
@@ -67,9 +69,9 @@ def data_config(img_size: int, mean, std, interpolation: str = "bilinear", crop_
 
 
 def export(model: torch.nn.Module, folder: str | Path, label_names: list[str], data_cfg: dict,
-           model_args: dict | None = None, tag: str | None = None) -> None:
+           model_args: dict | None = None, tag: str | None = None, tta: str = "none") -> None:
     """Write config.json + model.safetensors in timm's Hub format (what `push_to_hf_hub` uploads)."""
-    model_config = {"label_names": list(label_names)}
+    model_config = {"label_names": list(label_names), "test_time_augmentation": tta}
     if tag:
         model_config["pretrained_cfg"] = {"tag": tag}
     save_for_hf(model, str(folder), model_config=model_config, model_args=model_args or None,
@@ -86,6 +88,19 @@ class LoadedModel:
 
     def transform(self):
         return timm.data.create_transform(**self.data_config, is_training=False)
+
+    @property
+    def tta(self) -> str:
+        return self.config.get("test_time_augmentation", "none")  # folders written before it existed: none
+
+
+def view_probabilities(model: torch.nn.Module, images: torch.Tensor, tta: str) -> torch.Tensor:
+    """Class probabilities of each test-time view of a normalised NCHW batch: shape (views, N, classes).
+    Their mean is the prediction; view 0 is the image itself. The mirror images ride in the same forward
+    pass as the originals: one pass over 2N images costs less than two over N."""
+    views = torch.cat([images, images.flip(-1)]) if tta == "flip" else images
+    probs = model(views).float().softmax(-1)
+    return probs.view(-1, len(images), probs.shape[-1])
 
 
 def load_folder(folder: str | Path) -> LoadedModel:
@@ -108,6 +123,9 @@ def load_folder(folder: str | Path) -> LoadedModel:
     label_names = list(config.get("label_names") or [str(i) for i in range(num_classes)])
     if len(label_names) != num_classes:
         raise ModelSourceError(f"{folder}: {len(label_names)} label names for {num_classes} classes.")
+    if config.get("test_time_augmentation", "none") not in TTA_CHOICES:
+        raise ModelSourceError(f"{folder}: unknown test_time_augmentation {config['test_time_augmentation']!r} "
+                               f"in {CONFIG_NAME} (known: {', '.join(TTA_CHOICES)}).")
     return LoadedModel(model, label_names, timm.data.resolve_data_config(model=model), folder, config)
 
 

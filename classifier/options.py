@@ -7,6 +7,7 @@ import os
 import re
 
 from .augment import AUGMENT_LEVELS
+from .model import TTA_CHOICES
 from .presets import GENERIC_RECIPE, PRESETS, recipe_for
 
 RECIPE_HELP = "default: the preset's recipe, else " + ", ".join(f"{k}={v}" for k, v in GENERIC_RECIPE.items())
@@ -101,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--weights-dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                      help="dtype of the exported model.safetensors (float16 halves its size; metrics are "
                           "computed before the cast)")
+    out.add_argument("--tta", choices=TTA_CHOICES,
+                     help="test-time augmentation, recorded in config.json and used by the final evaluation and "
+                          "the app: flip = average the predictions for each image and its mirror image "
+                          "(default: flip, or none with --augment none, which trains without flips)")
     out.add_argument("--samples-per-class", type=int, default=10,
                      help="random test images per class saved in samples/ for the app's gallery (0 = none)")
     out.add_argument("--failure-samples", type=int, default=30,
@@ -134,6 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if erase_given:
             parser.error("--random-erase needs --augment basic or strong (with none, training images are not augmented)")
         args.random_erase = 0.0  # a preset's erasing is part of the augmentation that --augment none turns off
+    if args.tta is None:
+        args.tta = "none" if args.augment == "none" else "flip"
     if args.output_dir is None:
         args.output_dir = f"runs/{dataset_slug(args.dataset)}"
     return args

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from .images import open_rgb
-from .model import LoadedModel, ModelSourceError, load
+from .model import LoadedModel, ModelSourceError, load, view_probabilities
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ class Predictor:
     def _probabilities(self, images: list[Image.Image]) -> torch.Tensor:
         batch = torch.stack([self.transform(image) for image in images])
         with torch.inference_mode():
-            return self.model(batch).float().softmax(-1)
+            return view_probabilities(self.model, batch, self.loaded.tta).mean(0)
 
     def top_k(self, probs: torch.Tensor, k: int) -> list[tuple[str, float]]:
         k = max(1, min(int(k), len(self.label_names)))

@@ -98,6 +98,12 @@ def model_card(
     if exported:
         metric_rows += (f"\n\nThe weights are stored as {exported['dtype']}; with exactly those weights the accuracy is "
                         f"{_fmt(exported['accuracy'])} (the table was measured in float32 before the cast).")
+    predict = "probs = model(x).softmax(-1)"
+    if final.get("tta") == "flip":
+        predict = "probs = (model(x).softmax(-1) + model(x.flip(-1)).softmax(-1)) / 2  # the image and its mirror"
+        metric_rows += (f"\n\nEach prediction averages the probabilities for the image and its mirror image "
+                        f"(`test_time_augmentation: flip` in config.json; the app does the same). The image alone "
+                        f"scores an accuracy of {_fmt(final.get('single_view_accuracy'))}.")
     body = f"""
 # {repo_name}
 
@@ -112,7 +118,8 @@ import timm, torch
 from PIL import Image
 model = timm.create_model("hf-hub:{hub_id}", pretrained=True).eval()
 transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
-probs = model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)).softmax(-1)
+x = transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)
+{predict}
 print(model.pretrained_cfg["label_names"][probs.argmax()])
 ```
 With this project's app: `MODEL_ID={hub_id} python app.py`, or `python app.py --model <this folder>`.

@@ -33,7 +33,7 @@ from . import report
 from .augment import BatchAugment, normalize
 from .data import (DataError, StreamedSplit, TensorSplit, decode_split, load_splits, memory_budget, typical_size,
                    undecodable)
-from .model import ModelSourceError, create_model, data_config, export, replace_folder_contents
+from .model import ModelSourceError, create_model, data_config, export, replace_folder_contents, view_probabilities
 from .options import dataset_slug, parse_args
 from .presets import find_preset
 from .samples import write_samples
@@ -163,23 +163,27 @@ def build_scheduler(args, optimizer, total_steps: int, steps_per_epoch: int):
 
 
 @torch.inference_mode()
-def evaluate_split(model, loader, accelerator, mean, std, num_classes: int) -> tuple[dict, torch.Tensor]:
+def evaluate_split(model, loader, accelerator, mean, std, num_classes: int,
+                   tta: str = "none") -> tuple[dict, torch.Tensor]:
     """Metrics and per-sample probabilities (in split order) over a split; under N processes
-    gather_for_metrics drops the padding so each sample counts once."""
+    gather_for_metrics drops the padding so each sample counts once. With test-time augmentation the
+    accuracy of the image alone is reported too, as `single_view_accuracy`."""
     model.eval()
-    probs, refs, losses = [], [], []
+    probs, single, refs = [], [], []
     for images, labels in loader:
         x = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
-            logits = model(x)
-        logits = logits.float()
-        loss = F.cross_entropy(logits, labels, reduction="none")
-        p, y, l = accelerator.gather_for_metrics((logits.softmax(-1), labels, loss))
-        probs.append(p.cpu()), refs.append(y.cpu()), losses.append(l.cpu())
-    probs, refs = torch.cat(probs), torch.cat(refs)
+            views = view_probabilities(model, x, tta)
+        p, p0, y = accelerator.gather_for_metrics((views.mean(0), views[0], labels))
+        probs.append(p.cpu()), single.append(p0.cpu()), refs.append(y.cpu())
+    probs, single, refs = torch.cat(probs), torch.cat(single), torch.cat(refs)
     result = metrics_lib.compute(probs.tolist(), refs.tolist(), num_classes)
-    result["loss"] = torch.cat(losses).mean().item()
+    # the cross-entropy of the predicted distribution (the views' mean); with one view, of the softmax
+    result["loss"] = F.nll_loss(probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), refs).item()
     result["num_samples"] = len(refs)
+    if tta != "none":
+        result["tta"] = tta
+        result["single_view_accuracy"] = (single.argmax(-1) == refs).double().mean().item()
     return result, probs
 
 
@@ -420,15 +424,20 @@ def run(args) -> dict:
     skipped["train"] += len(bad_streamed)
     # -- final evaluation: the test split is touched here and only here
     final_split = "test" if test_loader is not None else "validation"
-    final, final_probs = evaluate_split(model, test_loader or val_loader, accelerator, mean_t, std_t, num_classes)
-    accelerator.print(f"{final_split}: accuracy {100 * final['accuracy']:.2f}%, f1 {final['f1']:.4f}, "
+    # with the test-time augmentation the exported model declares, i.e. as the app will predict
+    final, final_probs = evaluate_split(model, test_loader or val_loader, accelerator, mean_t, std_t, num_classes,
+                                        args.tta)
+    single_view = (f" ({100 * final['single_view_accuracy']:.2f}% without --tta {args.tta})"
+                   if args.tta != "none" else "")
+    accelerator.print(f"{final_split}: accuracy {100 * final['accuracy']:.2f}%{single_view}, f1 {final['f1']:.4f}, "
                       f"mcc {final['mcc']:.4f}, roc_auc {final['roc_auc']}")
     # without the torch.compile wrapper: its parameter names carry an `_orig_mod.` prefix timm would not load
     plain_model = accelerator.unwrap_model(model, keep_torch_compile=False)
     if args.weights_dtype != "float32":
         # the exported weights are rounded to a 16-bit type: measure what that costs on the same split
         rounded = copy.deepcopy(plain_model).to(getattr(torch, args.weights_dtype)).float()
-        check, _ = evaluate_split(rounded, test_loader or val_loader, accelerator, mean_t, std_t, num_classes)
+        check, _ = evaluate_split(rounded, test_loader or val_loader, accelerator, mean_t, std_t, num_classes,
+                                  args.tta)
         final["exported_weights"] = {"dtype": args.weights_dtype, "accuracy": check["accuracy"]}
         accelerator.print(f"{final_split} accuracy with {args.weights_dtype} weights: {100 * check['accuracy']:.2f}% "
                           f"({100 * (check['accuracy'] - final['accuracy']):+.2f} points)")
@@ -489,7 +498,7 @@ def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_fi
     model = model.to(memory_format=torch.contiguous_format, dtype=getattr(torch, args.weights_dtype))
     label_names, final, final_split = metrics["label_names"], metrics["final"], metrics["final_split"]
     export(model, staging, label_names, data_config(args.img_size, mean, std), facts.model_args,
-           tag=dataset_slug(args.dataset))
+           tag=dataset_slug(args.dataset), tta=args.tta)
     command = "accelerate launch train_accelerate.py " + shlex.join(sys.argv[1:])
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
     training_args = dict(vars(args), weights_source=facts.weights_source,

@@ -137,6 +137,7 @@ class App:
             "architecture": p.loaded.config.get("architecture"),
             "label_names": p.label_names,
             "input_size": p.input_size,
+            "test_time_augmentation": p.loaded.tta,
             "metrics_split": p.metrics.get("final_split"),
             "metrics": {key: final.get(key) for key, _ in METRIC_ROWS if key in final},
             "training_command": p.training_args.get("command"),
@@ -150,7 +151,9 @@ class App:
                          for key, label in METRIC_ROWS if key in values)
         metrics = f"| metric ({info['metrics_split']}) | value |\n|---|---|\n{rows}" if rows else "No metrics recorded."
         command = f"```\n{info['training_command']}\n```" if info["training_command"] else "not recorded"
-        return (f"### {info['name']}\n`{info['architecture']}` · input {info['input_size']}×{info['input_size']} px · "
+        flip = " · predictions average each image and its mirror" if info["test_time_augmentation"] == "flip" else ""
+        size = info["input_size"]
+        return (f"### {info['name']}\n`{info['architecture']}` · input {size}×{size} px{flip} · "
                 f"{len(info['label_names'])} classes: {', '.join(info['label_names'])}\n\n{metrics}\n\n"
                 f"**Training command**\n{command}")
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import random
+import shutil
 import subprocess
 import sys
 import threading
@@ -16,8 +18,10 @@ import httpx
 import pytest
 import torch
 from gradio_client import Client, handle_file
+from PIL import ImageOps
 
-from classifier.predict import app_torch_threads, load_predictors, usable_cpus
+from classifier.model import load_folder
+from classifier.predict import Predictor, app_torch_threads, load_predictors, usable_cpus
 
 from .conftest import CLASSES, shape_image
 from .image_corpus import BAD, GOOD, GREY, write_corpus
@@ -108,7 +112,7 @@ def test_samples_are_filtered_by_class_with_true_and_predicted_captions(client):
 
 def test_model_info_and_stats(client):
     info = client.predict(api_name="/model_info")
-    assert info["label_names"] == CLASSES and info["input_size"] == 32
+    assert info["label_names"] == CLASSES and info["input_size"] == 32 and info["test_time_augmentation"] == "flip"
     assert 0 <= info["metrics"]["accuracy"] <= 1 and "train_accelerate.py" in info["training_command"]
     stats = client.predict(api_name="/stats")
     assert stats["requests"] >= 1
@@ -182,6 +186,22 @@ def test_every_forward_pass_runs_on_the_one_torch_thread(trained):
     assert all(same_predictions(r, expected) for r in results)
 
 
+def test_test_time_flip_gives_an_image_and_its_mirror_the_same_answer(trained, tmp_path):
+    """config.json's test_time_augmentation decides how the app predicts; flip averages the two views."""
+    image = shape_image("red", random.Random(11), size=32)  # the input size: no resizing between the views
+    mirror = ImageOps.mirror(image)
+    flip = Predictor(load_folder(trained), "flip")
+    single_view_folder = tmp_path / "single"
+    shutil.copytree(trained, single_view_folder)
+    config = json.loads((single_view_folder / "config.json").read_text())
+    (single_view_folder / "config.json").write_text(json.dumps(dict(config, test_time_augmentation="none")))
+    single = Predictor(load_folder(single_view_folder), "single")
+    alone, mirrored = single.probabilities([image, mirror])
+    assert not torch.allclose(alone, mirrored, atol=1e-3)  # the blob sits elsewhere in the mirror image
+    for probs in flip.probabilities([image, mirror]):
+        torch.testing.assert_close(probs, (alone + mirrored) / 2)
+
+
 @pytest.mark.parametrize("files, cores", [
     ({"cpu.max": "150000 100000"}, 2),  # cgroup v2, 1.5 cores: two threads can share them
     ({"cpu.max": "100000 100000"}, 1),
@@ -225,7 +245,8 @@ def test_requests_waiting_for_the_torch_thread_run_as_one_batch(trained):
     finally:
         busy.set()
         hook.remove()
-    assert batch_sizes == [len(images)]
+    views = 2 if predictor.loaded.tta == "flip" else 1  # the mirror images ride in the same pass
+    assert batch_sizes == [views * len(images)]
     assert all(same_predictions(a, b) for a, b in zip(together, alone))
 
 

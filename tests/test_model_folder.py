@@ -52,6 +52,14 @@ def test_label_names_that_do_not_match_the_classes(copy):
         load_folder(copy)
 
 
+def test_unknown_test_time_augmentation(copy):
+    config = json.loads((copy / "config.json").read_text())
+    config["test_time_augmentation"] = "ten_crop"
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelSourceError, match="unknown test_time_augmentation 'ten_crop'"):
+        load_folder(copy)
+
+
 def test_a_path_that_is_not_a_model_folder(tmp_path):
     with pytest.raises(ModelSourceError, match="not a model folder|config.json is missing"):
         load(str(tmp_path))

@@ -68,16 +68,22 @@ def test_sample_images_are_the_test_images_of_their_class(trained, parquet_repo)
 
 
 def test_timm_alone_reproduces_the_reported_test_accuracy(trained, parquet_repo):
-    """The format test: timm rebuilds the model and its own data config reproduces our eval preprocessing."""
+    """The format test: timm rebuilds the model and its own data config reproduces our eval preprocessing,
+    and the card's recipe (the image and its mirror averaged, as config.json declares) the reported accuracy."""
+    assert json.loads((trained / "config.json").read_text())["test_time_augmentation"] == "flip"
     model = timm.create_model(f"local-dir:{trained}", pretrained=True).eval()
     transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
     test = datasets.load_dataset(str(parquet_repo))["test"]
+    labels = torch.tensor(test["fine_label"])
     with torch.inference_mode():
         batch = torch.stack([transform(image.convert("RGB")) for image in test["img"]])
-        predictions = model(batch).argmax(-1)
-    accuracy = (predictions == torch.tensor(test["fine_label"])).double().mean().item()
-    reported = json.loads((trained / "metrics.json").read_text())["final"]["accuracy"]
-    assert accuracy == pytest.approx(reported, abs=1e-9)
+        single = model(batch).softmax(-1)
+        averaged = (single + model(batch.flip(-1)).softmax(-1)) / 2
+    final = json.loads((trained / "metrics.json").read_text())["final"]
+    assert (averaged.argmax(-1) == labels).double().mean().item() == pytest.approx(final["accuracy"], abs=1e-9)
+    assert (single.argmax(-1) == labels).double().mean().item() == pytest.approx(final["single_view_accuracy"],
+                                                                                abs=1e-9)
+    assert "x.flip(-1)" in (trained / "README.md").read_text()  # the card's snippet does what was measured
     # the project's loader gives the very same logits
     loaded = load_folder(trained)
     assert loaded.label_names == CLASSES
@@ -214,6 +220,12 @@ def test_preset_erasing_is_a_default_that_augment_none_turns_off():
     assert parse_args(["--dataset", "cifar10", "--augment", "none"]).random_erase == 0
 
 
+def test_test_time_flip_follows_the_augmentation():
+    assert parse_args(["--dataset", "cifar10"]).tta == "flip"  # trained with flips: predict on both mirror images
+    assert parse_args(["--dataset", "cifar10", "--augment", "none"]).tta == "none"
+    assert parse_args(["--dataset", "cifar10", "--tta", "none"]).tta == "none"
+
+
 def test_help_documents_options_with_defaults():
     result = subprocess.run([sys.executable, "train_accelerate.py", "--help"], capture_output=True, text=True,
                             cwd=ROOT, check=True)
@@ -282,9 +294,9 @@ def test_compare_runs_tables_and_plots_finished_runs(trained, tmp_path, capsys):
     figure = tmp_path / "runs.png"
     assert compare_runs([str(trained), "--plot", str(figure), "--group", f"one group={trained.name}",
                          "--group", f"another={trained.name}"]) == 0
-    accuracy = json.loads((trained / "metrics.json").read_text())["final"]["accuracy"]
+    final = json.loads((trained / "metrics.json").read_text())["final"]
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {trained.name} |"))
-    assert f"| {100 * accuracy:.2f} |" in row
+    assert f"| {100 * final['accuracy']:.2f} (flip; alone {100 * final['single_view_accuracy']:.2f}) |" in row
     width, height = Image.open(figure).size
     assert height > width / 2  # two groups: two rows of panels
     with pytest.raises(SystemExit, match="no finished run named nope"):
