@@ -25,9 +25,11 @@ def main(argv=None) -> int:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="as in training")
     parser.add_argument("--seed", type=int, default=0, help="as in training (it fixes the carved validation split)")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
+                        help="as train_accelerate.py's (auto = bf16 where supported)")
     args = parser.parse_args(argv)
 
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision("auto"))
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(args.mixed_precision))
     loaded = load_folder(args.model)
     splits = load_splits(args.dataset, val_fraction=args.val_fraction, seed=args.seed)
     size, num_classes = loaded.data_config["input_size"][-1], len(splits.label_names)

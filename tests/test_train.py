@@ -220,6 +220,21 @@ def test_preset_erasing_is_a_default_that_augment_none_turns_off():
     assert parse_args(["--dataset", "cifar10", "--augment", "none"]).random_erase == 0
 
 
+def test_tta_gain_reproduces_the_runs_final_evaluation(trained, parquet_repo, capsys):
+    from benchmarks.tta_gain import main as tta_gain
+
+    assert tta_gain([str(trained), "--dataset", str(parquet_repo), "--mixed-precision", "no"]) == 0
+    final = json.loads((trained / "metrics.json").read_text())["final"]
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    history = json.loads((trained / "metrics.json").read_text())["history"]
+    validation, test = rows[1].split(" | "), rows[2]
+    # carved from train exactly as training carved it: the same images give the same single-view accuracy
+    assert validation[0] == "| validation" and float(validation[2]) == pytest.approx(100 * history[-1]["val_accuracy"],
+                                                                                    abs=0.005)
+    alone, both = 100 * final["single_view_accuracy"], 100 * final["accuracy"]
+    assert test == f"| test | 60 | {alone:.2f} | {both:.2f} | {both - alone:+.2f} |"
+
+
 def test_test_time_flip_follows_the_augmentation():
     assert parse_args(["--dataset", "cifar10"]).tta == "flip"  # trained with flips: predict on both mirror images
     assert parse_args(["--dataset", "cifar10", "--augment", "none"]).tta == "none"
