@@ -91,14 +91,18 @@ def kaggle_folder(tmp_path_factory) -> Path:
 FAST = ["--img-size", "32", "--batch-size", "32", "--no-pretrained", "--eval-batch-size", "64"]
 
 
-def train(*args) -> None:
-    """The real CLI entry point, in-process."""
+def reset_accelerate_state() -> None:
+    """accelerate's state is a per-process singleton; each in-process run must start fresh as a new process would."""
     from accelerate.state import AcceleratorState
 
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def train(*args) -> None:
+    """The real CLI entry point, in-process."""
     from classifier.train import main
 
-    # accelerate's state is a per-process singleton; each in-process run must start fresh as a new process would
-    AcceleratorState._reset_state(reset_partial_state=True)
+    reset_accelerate_state()
     main([str(a) for a in args])
 
 

@@ -22,7 +22,7 @@ from classifier.data import DataError, load_splits
 from classifier.model import load_folder
 from classifier.options import parse_args
 
-from .conftest import CLASSES, FAST, make_examples, train, write_parquet_repo
+from .conftest import CLASSES, FAST, make_examples, reset_accelerate_state, train, write_parquet_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,6 +223,7 @@ def test_preset_erasing_is_a_default_that_augment_none_turns_off():
 def test_tta_gain_reproduces_the_runs_final_evaluation(trained, parquet_repo, capsys):
     from benchmarks.tta_gain import main as tta_gain
 
+    reset_accelerate_state()
     assert tta_gain([str(trained), "--dataset", str(parquet_repo), "--mixed-precision", "no"]) == 0
     final = json.loads((trained / "metrics.json").read_text())["final"]
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
