@@ -18,7 +18,7 @@ from classifier.report import save_figure  # first: it selects matplotlib's disp
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLUMNS = ("img_size", "epochs", "optimizer", "lr", "augment", "random_erase", "drop_rate", "model_arg")
+COLUMNS = ("img_size", "min_img_size", "epochs", "optimizer", "lr", "augment", "random_erase", "drop_rate", "model_arg")
 
 
 def read_run(folder: Path) -> dict:

@@ -39,7 +39,9 @@ class BatchAugment:
         # sharp edges at the training size
         self.erase = RandomErasing(random_erase, mode="pixel", device=device) if random_erase > 0 else None
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, out_size: int | None = None) -> torch.Tensor:
+        """`out_size` overrides the output size for this batch (progressive resizing)."""
+        size = out_size or self.out_size
         if self.level == "strong":
             # TrivialAugment picks one op per call for the whole tensor; calling it per group of a few
             # images gives each group its own op at a fraction of the cost of a per-image loop.
@@ -47,19 +49,24 @@ class BatchAugment:
         mean, std = self.mean.to(images.device), self.std.to(images.device)
         x = normalize(images, mean, std)
         if self.level == "none":
-            return self._resize(x)
-        x = self._random_affine(x)
+            return self._resize(x, size)
+        x = self._random_affine(x, size)
         if self.erase is not None:
             x = self.erase(x)
         return x.contiguous(memory_format=torch.channels_last)
 
-    def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] == self.out_size and x.shape[-2] == self.out_size:
+    @staticmethod
+    def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+        if x.shape[-1] == size and x.shape[-2] == size:
             return x
-        return F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", antialias=True)
+        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
 
-    def _random_affine(self, x: torch.Tensor) -> torch.Tensor:
+    def _random_affine(self, x: torch.Tensor, size: int) -> torch.Tensor:
         """Shift, flip and (strong) zoom every image differently, and resize, in one grid_sample."""
+        if x.shape[-1] > size:
+            # shrinking (progressive resizing's early epochs): grid_sample alone would alias, so downsample with
+            # antialiasing first, as timm's eval resize does
+            x = self._resize(x, size)
         b, _, h, w = x.shape
         device = x.device
         # whole source pixels only: a fractional shift would blur every image a little
@@ -73,6 +80,6 @@ class BatchAugment:
         theta[:, 0, 0] = scale * flips
         theta[:, 1, 1] = scale
         theta[:, :, 2] = shifts
-        grid = F.affine_grid(theta, [b, 3, self.out_size, self.out_size], align_corners=False)
+        grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
         # reflection fills the border the way reflect-padding before a random crop does
         return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False)

@@ -31,6 +31,16 @@ def checkpoint_every(value: str):
     raise argparse.ArgumentTypeError("expected a positive number of optimizer steps or 'epoch'")
 
 
+def fractions_pair(value: str) -> tuple[float, float]:
+    try:
+        start, end = (float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected START,END, e.g. 0.25,0.75") from None
+    if not 0 <= start <= end <= 1:
+        raise argparse.ArgumentTypeError(f"expected 0 <= START <= END <= 1, got {value}")
+    return start, end
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Fine-tune a timm model on an image-classification dataset with Hugging Face accelerate.",
@@ -66,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--pretrained-file", help="start from a local weights file (safetensors, or a torch "
                                                    "state dict loaded with weights_only=True)")
     model.add_argument("--img-size", type=int, help="training/eval input size; smaller images are upsampled")
+    model.add_argument("--min-img-size", type=int,
+                       help="progressive resizing: train the first epochs at this size and grow it to --img-size "
+                            "(see --resize-ramp); evaluation is always at --img-size (default: off)")
+    model.add_argument("--resize-ramp", type=fractions_pair, default=(0.25, 0.75), metavar="START,END",
+                       help="with --min-img-size: the fractions of the epochs between which the training size grows "
+                            "linearly from --min-img-size to --img-size")
     model.add_argument("--drop-rate", type=float, default=0.0, help="dropout before the classifier")
     model.add_argument("--model-arg", action="append", type=model_arg, default=[], metavar="KEY=VALUE",
                        help="extra timm.create_model argument, repeatable (e.g. output_stride=16, "
@@ -139,6 +155,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if erase_given:
             parser.error("--random-erase needs --augment basic or strong (with none, training images are not augmented)")
         args.random_erase = 0.0  # a preset's erasing is part of the augmentation that --augment none turns off
+    if args.min_img_size is None:
+        args.min_img_size = args.img_size
+    if not 0 < args.min_img_size <= args.img_size:
+        parser.error(f"--min-img-size must be between 1 and --img-size ({args.img_size}), got {args.min_img_size}")
     if args.tta is None:
         args.tta = "none" if args.augment == "none" else "flip"
     if args.output_dir is None:

@@ -162,6 +162,22 @@ def build_scheduler(args, optimizer, total_steps: int, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def progressive_img_size(epoch: int, epochs: int, min_size: int, max_size: int, ramp: tuple[float, float],
+                         multiple: int = 16) -> int:
+    """The training input size of `epoch` (0-based) under progressive resizing: `min_size` until the fraction
+    `ramp[0]` of the epochs, growing linearly to `max_size` at `ramp[1]`, `max_size` from there on (FFCV's
+    schedule). Small early epochs cost a fraction of full-size ones, and the last ones at the evaluation size
+    let the weights and batch-norm statistics settle at the size the model will see. Sizes in between are
+    rounded to multiples of 16, so a run meets only a few distinct shapes."""
+    start, end = ramp[0] * epochs, ramp[1] * epochs
+    if min_size >= max_size or epoch >= end:
+        return max_size
+    if epoch <= start:
+        return min_size
+    size = min_size + (epoch - start) / (end - start) * (max_size - min_size)
+    return min(max(round(size / multiple) * multiple, min_size), max_size)
+
+
 @torch.inference_mode()
 def evaluate_split(model, loader, accelerator, mean, std, num_classes: int,
                    tta: str = "none") -> tuple[dict, torch.Tensor]:
@@ -334,6 +350,7 @@ def run(args) -> dict:
     accelerator.print(
         f"{args.model} ({weights_source}) on {args.dataset}: {len(train_data)} train / {len(val_data)} val"
         f"{f' / {len(test_data)} test' if test_data else ''} images, {num_classes} classes, {args.img_size}px "
+        f"{f'(trained from {args.min_img_size}px up) ' if args.min_img_size < args.img_size else ''}"
         f"({'streamed' if streamed else 'cached'} at {store_size}px), {world} process(es) on {device}, "
         f"precision {mixed_precision}, "
         f"{args.epochs} epochs x {steps_per_epoch} steps"
@@ -343,7 +360,9 @@ def run(args) -> dict:
         model.train()
         batches = train_batches(len(train_data), batch_size, args.seed, epoch, accelerator.process_index, world)
         batches = batches[:batches_per_epoch]
-        bar = tqdm(total=len(batches), initial=progress.batches_done, desc=f"epoch {epoch + 1}/{args.epochs}",
+        img_size = progressive_img_size(epoch, args.epochs, args.min_img_size, args.img_size, args.resize_ramp)
+        desc = f"epoch {epoch + 1}/{args.epochs}" + (f" at {img_size}px" if img_size != args.img_size else "")
+        bar = tqdm(total=len(batches), initial=progress.batches_done, desc=desc,
                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
         window_start, window_losses, window_correct = time.perf_counter(), [], []
         inputs = training_inputs(train_data, batches[progress.batches_done:], device, args.data_workers)
@@ -351,7 +370,7 @@ def run(args) -> dict:
             if failed and not args.skip_bad_images:
                 raise undecodable("decode train", failed[0])
             bad_streamed.update(failed)
-            x = augment(images)
+            x = augment(images, img_size)
             targets = y
             if mixup is not None:
                 x, targets = mixup(x, y)
@@ -402,6 +421,7 @@ def run(args) -> dict:
         seen = running["seen"] * world
         record = {
             "epoch": epoch + 1,
+            "img_size": img_size,  # of the training images; validation is always at --img-size
             "train_loss": running["loss"] / max(len(batches), 1),
             "train_accuracy": correct / max(seen, 1),
             "val_loss": val["loss"],

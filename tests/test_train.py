@@ -21,6 +21,7 @@ from classifier.augment import BatchAugment
 from classifier.data import DataError, load_splits
 from classifier.model import load_folder
 from classifier.options import parse_args
+from classifier.train import progressive_img_size
 
 from .conftest import CLASSES, FAST, make_examples, reset_accelerate_state, train, write_parquet_repo
 
@@ -218,6 +219,36 @@ def test_preset_erasing_is_a_default_that_augment_none_turns_off():
     assert parse_args(["--dataset", "cifar10"]).random_erase == 0.5
     assert parse_args(["--dataset", "cifar10", "--random-erase", "0"]).random_erase == 0
     assert parse_args(["--dataset", "cifar10", "--augment", "none"]).random_erase == 0
+
+
+def test_progressive_resizing_schedule_grows_from_the_minimum_to_the_full_size():
+    sizes = [progressive_img_size(e, 30, 32, 96, (0.25, 0.75)) for e in range(30)]
+    assert sizes[:8] == [32] * 8 and sizes[-7:] == [96] * 7  # first quarter small, last quarter full size
+    assert sizes == sorted(sizes) and len(set(sizes)) == 5  # 32, 48, 64, 80, 96
+    assert all(s % 16 == 0 for s in sizes)
+    # an odd full size is reached exactly, and no ramp (the default: --min-img-size = --img-size) changes nothing
+    assert progressive_img_size(29, 30, 64, 100, (0.25, 0.75)) == 100
+    assert {progressive_img_size(e, 10, 96, 96, (0.25, 0.75)) for e in range(10)} == {96}
+
+
+def test_progressive_resizing_trains_small_first_and_exports_the_full_size(parquet_repo, tmp_path):
+    out = tmp_path / "model"
+    train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "2", "--min-img-size", "16",
+          "--resize-ramp", "0.5,0.5", "--samples-per-class", "0", *FAST)
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["img_size"] for h in history] == [16, 32]
+    assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    # a training size under the cached one is downsampled with antialiasing: a 1-pixel checkerboard shrunk to 20 px
+    # becomes (nearly) flat grey, where sampling the grid alone would leave stripes about 40 grey levels deep
+    checkerboard = ((torch.arange(32)[:, None] + torch.arange(32)) % 2 * 255).to(torch.uint8).expand(4, 3, 32, 32)
+    small = BatchAugment("basic", 32, (0.5,) * 3, (0.25,) * 3)(checkerboard.contiguous(), 20)
+    assert small.shape == (4, 3, 20, 20) and small.std() * 0.25 * 255 < 5  # in grey levels
+
+
+def test_min_img_size_above_img_size_is_refused(tmp_path):
+    result = subprocess.run([sys.executable, "train_accelerate.py", "--dataset", str(tmp_path), "--img-size", "64",
+                             "--min-img-size", "96"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "--min-img-size must be between 1 and --img-size (64)" in result.stderr
 
 
 def test_tta_gain_reproduces_the_runs_final_evaluation(trained, parquet_repo, capsys):
