@@ -2,6 +2,7 @@
 
     python -m benchmarks.time_to_accuracy --target 0.90 -- --dataset ../shared/data/cifar10 --no-pretrained
     python -m benchmarks.time_to_accuracy --folder runs/cifar10      # tabulate a finished run again
+    python -m benchmarks.time_to_accuracy --folder runs/a --folder runs/b --plot both.png   # several runs, one figure
 
 Everything after `--` goes to train_accelerate.py unchanged. The clock covers the whole command (dataset
 loading, decoding, evaluation and writing the model folder included); the per-epoch points come from the
@@ -63,14 +64,16 @@ def report(metrics: dict, target: float) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", type=float, default=0.90, help="accuracy to report the time to")
-    parser.add_argument("--folder", help="a finished run's model folder: tabulate it instead of training")
-    parser.add_argument("--plot", help="figure to write (default: <model folder>/time_to_accuracy.png)")
+    parser.add_argument("--folder", action="append",
+                        help="a finished run's model folder: tabulate it instead of training (repeatable: one table "
+                             "per run, all runs in one figure)")
+    parser.add_argument("--plot", help="figure to write (default: <first model folder>/time_to_accuracy.png)")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then train_accelerate.py's arguments")
     args = parser.parse_args(argv)
 
     train_args = [a for a in args.train_args if a != "--"]
     if args.folder:
-        folder = Path(args.folder)
+        folders = [Path(f) for f in args.folder]
     else:
         if "--output-dir" not in train_args:
             parser.error("give train_accelerate.py an --output-dir after --")
@@ -87,11 +90,13 @@ def main(argv=None) -> int:
         metrics = json.loads(metrics_path.read_text())
         metrics["wall_seconds"] = wall  # kept beside the run so the table can be printed again later
         metrics_path.write_text(json.dumps(metrics, indent=2))
-    folder = folder if folder.is_absolute() else ROOT / folder
-    metrics = json.loads((folder / "metrics.json").read_text())
-    print(report(metrics, args.target))
-    figure = Path(args.plot) if args.plot else folder / "time_to_accuracy.png"
-    plot({folder.name: metrics}, figure, args.target)
+        folders = [folder]
+    folders = [f if f.is_absolute() else ROOT / f for f in folders]
+    runs = {f.name: json.loads((f / "metrics.json").read_text()) for f in folders}
+    for name, metrics in runs.items():
+        print(f"{name}\n{report(metrics, args.target)}\n" if len(runs) > 1 else report(metrics, args.target))
+    figure = Path(args.plot) if args.plot else folders[0] / "time_to_accuracy.png"
+    plot(runs, figure, args.target)
     print(f"figure: {figure}")
     return 0
 

@@ -348,3 +348,21 @@ def test_compare_runs_tables_and_plots_finished_runs(trained, tmp_path, capsys):
     assert height > width / 2  # two groups: two rows of panels
     with pytest.raises(SystemExit, match="no finished run named nope"):
         compare_runs([str(trained), "--plot", str(figure), "--group", "missing=nope"])
+
+
+def test_time_to_accuracy_tabulates_finished_runs_in_one_figure(trained, tmp_path, capsys):
+    import shutil
+
+    from benchmarks.time_to_accuracy import main as time_to_accuracy
+
+    other = tmp_path / "other-run"
+    shutil.copytree(trained, other, ignore=shutil.ignore_patterns("checkpoints"))
+    figure = tmp_path / "both.png"
+    assert time_to_accuracy(["--folder", str(trained), "--folder", str(other), "--plot", str(figure),
+                             "--target", "0.5"]) == 0
+    out = capsys.readouterr().out
+    history = json.loads((trained / "metrics.json").read_text())["history"]
+    first = next(h for h in history if h["val_accuracy"] >= 0.5)
+    assert out.count(f"validation reached 50% after: {first['elapsed_seconds'] / 60:.1f} min") == 2
+    assert f"{trained.name}\n| epoch |" in out and "other-run\n| epoch |" in out
+    assert Image.open(figure).size[0] > 0
