@@ -432,8 +432,10 @@ def run(args) -> dict:
         }
         progress.history.append(record)
         accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=progress.optimizer_steps)
+        # under progressive resizing, validation at the final size trails while the training size is small
+        sizes = f" (trained at {img_size}px, validated at {args.img_size}px)" if img_size != args.img_size else ""
         accelerator.print(
-            f"epoch {epoch + 1}/{args.epochs}: train loss {record['train_loss']:.4f} acc "
+            f"epoch {epoch + 1}/{args.epochs}{sizes}: train loss {record['train_loss']:.4f} acc "
             f"{100 * record['train_accuracy']:.2f}% | val loss {val['loss']:.4f} acc {100 * val['accuracy']:.2f}% "
             f"f1 {val['f1']:.4f} | {running['seconds']:.0f}s")
         progress.epoch, progress.batches_done = epoch + 1, 0

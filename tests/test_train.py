@@ -231,12 +231,14 @@ def test_progressive_resizing_schedule_grows_from_the_minimum_to_the_full_size()
     assert {progressive_img_size(e, 10, 96, 96, (0.25, 0.75)) for e in range(10)} == {96}
 
 
-def test_progressive_resizing_trains_small_first_and_exports_the_full_size(parquet_repo, tmp_path):
+def test_progressive_resizing_trains_small_first_and_exports_the_full_size(parquet_repo, tmp_path, capsys):
     out = tmp_path / "model"
     train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "2", "--min-img-size", "16",
           "--resize-ramp", "0.5,0.5", "--samples-per-class", "0", *FAST)
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["img_size"] for h in history] == [16, 32]
+    log = capsys.readouterr().out
+    assert "epoch 1/2 (trained at 16px, validated at 32px): train loss" in log and "epoch 2/2: train loss" in log
     assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["input_size"] == [3, 32, 32]
     # a training size under the cached one is downsampled with antialiasing: a 1-pixel checkerboard shrunk to 20 px
     # becomes (nearly) flat grey, where sampling the grid alone would leave stripes about 40 grey levels deep
