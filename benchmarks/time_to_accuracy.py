@@ -91,8 +91,11 @@ def main(argv=None) -> int:
         metrics["wall_seconds"] = wall  # kept beside the run so the table can be printed again later
         metrics_path.write_text(json.dumps(metrics, indent=2))
         folders = [folder]
+    names = [f.name for f in folders]
+    # label each run by its folder's name, or by the path as given where two folders share a name
+    labels = [str(f) if names.count(f.name) > 1 else f.name for f in folders]
     folders = [f if f.is_absolute() else ROOT / f for f in folders]
-    runs = {f.name: json.loads((f / "metrics.json").read_text()) for f in folders}
+    runs = {label: json.loads((f / "metrics.json").read_text()) for label, f in zip(labels, folders)}
     for name, metrics in runs.items():
         print(f"{name}\n{report(metrics, args.target)}\n" if len(runs) > 1 else report(metrics, args.target))
     figure = Path(args.plot) if args.plot else folders[0] / "time_to_accuracy.png"

@@ -240,8 +240,11 @@ def test_progressive_resizing_trains_small_first_and_exports_the_full_size(parqu
     log = capsys.readouterr().out
     assert "epoch 1/2 (trained at 16px, validated at 32px): train loss" in log and "epoch 2/2: train loss" in log
     assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["input_size"] == [3, 32, 32]
-    # a training size under the cached one is downsampled with antialiasing: a 1-pixel checkerboard shrunk to 20 px
-    # becomes (nearly) flat grey, where sampling the grid alone would leave stripes about 40 grey levels deep
+
+
+def test_a_training_size_under_the_cached_one_is_downsampled_with_antialiasing():
+    # a 1-pixel checkerboard shrunk to 20 px becomes (nearly) flat grey, where sampling the grid alone would leave
+    # stripes about 40 grey levels deep
     checkerboard = ((torch.arange(32)[:, None] + torch.arange(32)) % 2 * 255).to(torch.uint8).expand(4, 3, 32, 32)
     small = BatchAugment("basic", 32, (0.5,) * 3, (0.25,) * 3)(checkerboard.contiguous(), 20)
     assert small.shape == (4, 3, 20, 20) and small.std() * 0.25 * 255 < 5  # in grey levels
@@ -368,3 +371,9 @@ def test_time_to_accuracy_tabulates_finished_runs_in_one_figure(trained, tmp_pat
     assert out.count(f"validation reached 50% after: {first['elapsed_seconds'] / 60:.1f} min") == 2
     assert f"{trained.name}\n| epoch |" in out and "other-run\n| epoch |" in out
     assert Image.open(figure).size[0] > 0
+    # two folders of the same name are two runs, labelled by their paths
+    same_name = tmp_path / "elsewhere" / trained.name
+    shutil.copytree(trained, same_name, ignore=shutil.ignore_patterns("checkpoints"))
+    assert time_to_accuracy(["--folder", str(trained), "--folder", str(same_name), "--plot", str(figure)]) == 0
+    out = capsys.readouterr().out
+    assert f"{trained}\n| epoch |" in out and f"{same_name}\n| epoch |" in out
