@@ -463,7 +463,6 @@ def run(args) -> dict:
         final["exported_weights"] = {"dtype": args.weights_dtype, "accuracy": check["accuracy"]}
         accelerator.print(f"{final_split} accuracy with {args.weights_dtype} weights: {100 * check['accuracy']:.2f}% "
                           f"({100 * (check['accuracy'] - final['accuracy']):+.2f} points)")
-    accelerator.end_training()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final_data, final_dataset = (test_data, splits.test) if test_data else (val_data, splits.validation)
@@ -478,10 +477,11 @@ def run(args) -> dict:
         metrics = {"label_names": splits.label_names, "final_split": final_split, "final": final,
                    "history": progress.history, "skipped_images": skipped}
         facts = RunFacts(weights_source, model_args, mixed_precision, "stream" if streamed else "memory",
-                         describe_hardware(device))
+                         describe_hardware(device), world, accelerator.distributed_type.value)
         write_model_folder(args, plain_model, metrics, facts, add_samples)
         accelerator.print(f"Model folder: {output_dir.resolve()}")
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # last: it ends the trackers and destroys the process group
     return {"history": progress.history, final_split: final}
 
 
@@ -493,6 +493,8 @@ class RunFacts:
     mixed_precision: str
     data_path: str
     hardware: str
+    num_processes: int
+    distributed_type: str  # accelerate's DistributedType: NO, MULTI_CPU, MULTI_GPU, ...
 
 
 def describe_hardware(device: torch.device) -> str:
@@ -525,7 +527,8 @@ def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_fi
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
     training_args = dict(vars(args), weights_source=facts.weights_source,
                          resolved_mixed_precision=facts.mixed_precision, resolved_data_path=facts.data_path,
-                         hardware=facts.hardware, command=command)
+                         hardware=facts.hardware, num_processes=facts.num_processes,
+                         distributed_type=facts.distributed_type, command=command)
     (staging / "training_args.json").write_text(json.dumps(training_args, indent=2, default=str))
     if metrics["history"]:
         report.plot_curves(metrics["history"], staging / report.CURVES_NAME)

@@ -1,4 +1,4 @@
-"""Run by test_distributed.py under `accelerate launch`: evaluates a model folder on a dataset's test split
+"""Run by test_distributed.py, alone and under torchrun: evaluates a model folder on a dataset's test split
 with the training loop's own evaluate_split and writes the metrics (main process only)."""
 import json
 import sys
@@ -22,4 +22,4 @@ mean = torch.tensor(loaded.data_config["mean"])
 std = torch.tensor(loaded.data_config["std"])
 result, _ = evaluate_split(model, loader, accelerator, mean, std, len(splits.label_names))
 if accelerator.is_main_process:
-    json.dump(result, open(out, "w"))
+    json.dump(dict(result, num_processes=accelerator.num_processes), open(out, "w"))
