@@ -14,13 +14,18 @@ from classifier.model import ModelSourceError
 from classifier.monitor import RequestMonitor
 from classifier.predict import load_predictors
 from classifier.server import create_app
-from classifier.ui import App
+from classifier.security import FRAME_ANCESTORS
+from classifier.service import App
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--model", default=os.environ.get("MODEL_ID"), help="Hub model id or local folder (env MODEL_ID)")
 parser.add_argument("--revision", default=os.environ.get("MODEL_REVISION"), help="Hub revision (env MODEL_REVISION)")
 parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
 parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", 7860))))
+parser.add_argument("--private-stats", action="store_true", default=os.environ.get("PUBLIC_STATS", "1") == "0",
+                    help="no Monitoring tab and no /stats endpoint (env PUBLIC_STATS=0); the request log is kept")
+parser.add_argument("--frame-ancestors", default=os.environ.get("FRAME_ANCESTORS", FRAME_ANCESTORS),
+                    help="sites allowed to embed the app in a frame (CSP frame-ancestors; env FRAME_ANCESTORS)")
 
 if __name__ == "__main__":
     args = parser.parse_args()
@@ -29,4 +34,6 @@ if __name__ == "__main__":
         predictors, notice = load_predictors(args.model, args.revision)
     except ModelSourceError as e:
         raise SystemExit(f"error: {e}")
-    uvicorn.run(create_app(App(predictors, RequestMonitor()), notice), host=args.host, port=args.port)
+    app = create_app(App(predictors, RequestMonitor()), notice, public_stats=not args.private_stats,
+                     frame_ancestors=args.frame_ancestors)
+    uvicorn.run(app, host=args.host, port=args.port)

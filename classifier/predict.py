@@ -16,6 +16,7 @@ from PIL import Image
 
 from .images import open_rgb
 from .model import LoadedModel, ModelSourceError, load, view_probabilities
+from .security import public_name
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -184,11 +185,12 @@ def _load_predictors(source: str | None, revision: str | None) -> tuple[dict[str
     predictors: dict[str, Predictor] = {}
     notice = ""
     if source:
+        name = public_name(source)
         try:
-            predictors[source] = Predictor(load(source, revision=revision, token=os.environ.get("HF_TOKEN")), source)
+            predictors[name] = Predictor(load(source, revision=revision, token=os.environ.get("HF_TOKEN")), name)
         except ModelSourceError as e:
-            notice = f"Could not load {source}: {e} Showing the bundled model(s) instead."
-            log.warning(notice)
+            log.warning("Could not load %s: %s", source, e)
+            notice = f"Could not load the model {name!r} (the server log says why). Showing the bundled model(s) instead."
     for folder in bundled_model_folders():
         try:
             predictors.setdefault(folder.name, Predictor(load(folder), folder.name))

@@ -1,21 +1,10 @@
 """The Gradio Blocks of the Space. Every action a user can take is also a named API endpoint."""
 from __future__ import annotations
 
-import csv
-import tempfile
-import threading
-import time
-from pathlib import Path
-
 import gradio as gr
 from gradio import image_utils
 
-from .images import BadImageError, open_rgb
-from .monitor import RequestMonitor
-from .predict import Predictor
-from .report import CONFUSION_NAME, CURVES_NAME, METRIC_ROWS
-
-ALL_CLASSES = "all classes"
+from .service import ALL_CLASSES, App
 
 
 class UploadedImage(gr.Image):
@@ -36,135 +25,12 @@ class UploadedImage(gr.Image):
         return payload.path
 
 
-class App:
-    """Handlers shared by the UI and the API; `predictors` maps a model name to its Predictor."""
-
-    def __init__(self, predictors: dict[str, Predictor], monitor: RequestMonitor):
-        self.predictors, self.monitor = predictors, monitor
-        self._sample_predictions: dict[str, list] = {}
-        self._samples_lock = threading.Lock()
-
-    def predictor(self, name: str | None) -> Predictor:
-        if not name:
-            return next(iter(self.predictors.values()))
-        if name not in self.predictors:
-            raise gr.Error(f"Unknown model {name!r}; available: {', '.join(self.predictors)}.")
-        return self.predictors[name]
-
-    # -- classify
-    def classify(self, image_path: str | None, top_k: int = 5, model: str | None = None):
-        if image_path is None:
-            raise gr.Error("Upload an image first.")
-        predictor = self.predictor(model)
-        start = time.perf_counter()
-        try:
-            top, inference_ms, size = predictor.classify(Path(image_path).read_bytes(), top_k,
-                                                         name=f"The upload {Path(image_path).name!r}")
-        except BadImageError as e:
-            self.monitor.record("predict", 1000 * (time.perf_counter() - start), error=str(e), model=predictor.name)
-            raise gr.Error(str(e)) from None
-        self.monitor.record("predict", 1000 * (time.perf_counter() - start), top[0][0], size, model=predictor.name)
-        info = f"**{top[0][0]}** ({100 * top[0][1]:.1f} %) · inference {inference_ms:.1f} ms · " \
-               f"image {size[0]}×{size[1]} px · model `{predictor.name}` ({predictor.input_size} px input)"
-        return dict(top), info
-
-    # -- galleries
-    def _predicted_samples(self, predictor: Predictor) -> list:
-        """Predictions for the model's shipped samples, computed once per model."""
-        with self._samples_lock:
-            if predictor.name not in self._sample_predictions:
-                images = [open_rgb(str(s.path)) for s in predictor.samples]
-                tops = predictor.classify_many(images, k=3) if images else []
-                self._sample_predictions[predictor.name] = list(zip(predictor.samples, tops))
-            return self._sample_predictions[predictor.name]
-
-    def _gallery(self, predictor: Predictor, class_name: str) -> list[tuple[str, str]]:
-        return [(str(sample.path), f"true: {sample.label} · predicted: {top[0][0]} ({100 * top[0][1]:.0f} %)")
-                for sample, top in self._predicted_samples(predictor)
-                if sample.kind == "gallery" and class_name in (ALL_CLASSES, None, "", sample.label)]
-
-    def samples(self, class_name: str = ALL_CLASSES, model: str | None = None):
-        predictor = self.predictor(model)
-        start = time.perf_counter()
-        items = self._gallery(predictor, class_name)
-        self.monitor.record("samples", 1000 * (time.perf_counter() - start), model=predictor.name)
-        return items
-
-    def classify_sample(self, class_name: str, top_k: int, model: str | None, evt: gr.SelectData):
-        # a click is a classification, not a gallery request: it must not count as one in the stats
-        items = self._gallery(self.predictor(model), class_name)
-        return self.classify(items[evt.index][0], top_k, model)
-
-    def failures(self, model: str | None = None):
-        predictor = self.predictor(model)
-        items = [(str(sample.path), f"true: {sample.label} · " + ", ".join(f"{n} {100 * p:.0f}%" for n, p in top))
-                 for sample, top in self._predicted_samples(predictor) if sample.kind == "failure"]
-        confusion, curves = predictor.folder / CONFUSION_NAME, predictor.folder / CURVES_NAME
-        return items, (str(confusion) if confusion.is_file() else None), (str(curves) if curves.is_file() else None)
-
-    # -- batch
-    def classify_batch(self, files: list[str] | None, top_k: int = 5, model: str | None = None):
-        if not files:
-            raise gr.Error("Choose one or more image files.")
-        predictor = self.predictor(model)
-        start = time.perf_counter()
-        images, rows = {}, [None] * len(files)
-        for i, path in enumerate(files):
-            name = Path(path).name
-            try:
-                images[i] = open_rgb(Path(path).read_bytes(), name=name)
-            except BadImageError as e:
-                rows[i] = [name, "", None, f"error: {e}"]
-        tops = predictor.classify_many(list(images.values()), top_k)
-        for i, top in zip(images, tops):
-            rows[i] = [Path(files[i]).name, top[0][0], round(top[0][1], 4),
-                       ", ".join(f"{label} {p:.3f}" for label, p in top)]
-        csv_path = Path(tempfile.mkdtemp(prefix="batch-")) / "predictions.csv"
-        with csv_path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file", "top1", "confidence", "top_k"])
-            writer.writerows(rows)
-        self.monitor.record("classify_batch", 1000 * (time.perf_counter() - start),
-                            tops[0][0][0] if tops else None, model=predictor.name)
-        return rows, str(csv_path)
-
-    # -- about and monitoring
-    def model_info(self, model: str | None = None) -> dict:
-        p = self.predictor(model)
-        final = p.metrics.get("final", {})
-        return {
-            "name": p.name,
-            "architecture": p.loaded.config.get("architecture"),
-            "label_names": p.label_names,
-            "input_size": p.input_size,
-            "test_time_augmentation": p.loaded.tta,
-            "metrics_split": p.metrics.get("final_split"),
-            "metrics": {key: final.get(key) for key, _ in METRIC_ROWS if key in final},
-            "training_command": p.training_args.get("command"),
-            "dataset": p.training_args.get("dataset"),
-        }
-
-    def about_markdown(self, model: str | None = None) -> str:
-        info = self.model_info(model)
-        values = {key: info["metrics"][key] for key, _ in METRIC_ROWS if key in info["metrics"]}
-        rows = "\n".join(f"| {label} | {'n/a' if values[key] is None else format(values[key], '.4f')} |"
-                         for key, label in METRIC_ROWS if key in values)
-        metrics = f"| metric ({info['metrics_split']}) | value |\n|---|---|\n{rows}" if rows else "No metrics recorded."
-        command = f"```\n{info['training_command']}\n```" if info["training_command"] else "not recorded"
-        flip = " · predictions average each image and its mirror" if info["test_time_augmentation"] == "flip" else ""
-        size = info["input_size"]
-        return (f"### {info['name']}\n`{info['architecture']}` · input {size}×{size} px{flip} · "
-                f"{len(info['label_names'])} classes: {', '.join(info['label_names'])}\n\n{metrics}\n\n"
-                f"**Training command**\n{command}")
-
-    def stats(self) -> dict:
-        return self.monitor.stats()
-
-
-def build_ui(app: App, notice: str = "") -> gr.Blocks:
+def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks:
     names = list(app.predictors)
     first = app.predictors[names[0]]
-    with gr.Blocks(title="Image classifier") as demo:
+    limits = app.limits
+    # Gradio deletes the uploads and outputs it stored once they are this old, so its cache does not grow without end
+    with gr.Blocks(title="Image classifier", delete_cache=(limits.cleanup_every_s, limits.temp_age_s)) as demo:
         gr.Markdown("# Image classifier\ntimm models trained with `train_accelerate.py`; every action below is "
                     "also an API endpoint (see *Use via API* at the bottom).")
         if notice:
@@ -221,9 +87,10 @@ def build_ui(app: App, notice: str = "") -> gr.Blocks:
             gr.Button("Model info as JSON", visible=False).click(app.model_info, model, info_json,
                                                                  api_name="model_info")
 
-        with gr.Tab("Monitoring"):
-            stats = gr.JSON(label="Requests since start")
-            gr.Button("Refresh").click(app.stats, None, stats, api_name="stats")
+        if public_stats:
+            with gr.Tab("Monitoring"):
+                stats = gr.JSON(label="Requests since start")
+                gr.Button("Refresh").click(app.stats, None, stats, api_name="stats")
 
         def show_model(name):
             p = app.predictor(name)

@@ -1,6 +1,7 @@
 """Shared fixtures: small real datasets made on the fly, and an offline, sandboxed HF environment."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -115,28 +116,43 @@ def trained(parquet_repo, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def server(trained):
-    """The app as app.py serves it (FastAPI + mounted Gradio) on a free loopback port: (url, model folder)."""
+@contextlib.contextmanager
+def serve(fastapi_app):
+    """`fastapi_app` served by uvicorn on a free loopback port, as app.py serves it; yields the base URL."""
     import threading
     import time
 
     import uvicorn
 
-    from classifier.monitor import RequestMonitor
-    from classifier.predict import load_predictors
-    from classifier.server import create_app
-    from classifier.ui import App
-
-    predictors, notice = load_predictors(str(trained))
-    app = create_app(App(predictors, RequestMonitor()), notice)
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    uv = uvicorn.Server(uvicorn.Config(fastapi_app, host="127.0.0.1", port=free_port(), log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     deadline = time.time() + 60
     while not uv.started:
         assert time.time() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.1)
-    yield f"http://127.0.0.1:{uv.config.port}/", str(trained)
-    uv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{uv.config.port}/"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+
+
+def create_served_app(model_folder, **options):
+    """The FastAPI app app.py builds for `model_folder`; `options` go to create_app, and `limits` to App."""
+    from classifier.monitor import RequestMonitor
+    from classifier.predict import load_predictors
+    from classifier.security import Limits
+    from classifier.server import create_app
+    from classifier.service import App
+
+    predictors, notice = load_predictors(str(model_folder))
+    limits = options.pop("limits", Limits())
+    return create_app(App(predictors, RequestMonitor(), limits), notice, **options)
+
+
+@pytest.fixture(scope="session")
+def server(trained):
+    """The app as app.py serves it (FastAPI + mounted Gradio) on a free loopback port: (url, model folder)."""
+    with serve(create_served_app(trained)) as url:
+        yield url, str(trained)

@@ -1,0 +1,219 @@
+"""The service behind every endpoint: the Gradio events and the REST route call these handlers and nothing else.
+
+Requests come from anyone on the internet, so every input is checked here: file references must name uploads
+(classifier.security.uploaded_file), images are decoded by our code under the limits of `Limits`, and only messages
+we wrote (gr.Error) reach a client.
+"""
+from __future__ import annotations
+
+import csv
+import shlex
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from .images import BadImageError, open_rgb, pixels_to_decode
+from .monitor import RequestMonitor
+from .predict import Predictor
+from .report import CONFUSION_NAME, CURVES_NAME, METRIC_ROWS
+from .security import Limits, TempFolder, UploadError, csv_cell, public_name, uploaded_file
+
+ALL_CLASSES = "all classes"
+# the app refuses images above this many decoded pixels (8000x8000); a JPEG counts at the 1/2, 1/4 or 1/8 scale it
+# is decoded at, so large camera JPEGs still pass. The model sees at most a few hundred pixels a side.
+UPLOAD_MAX_PIXELS = 64_000_000
+
+
+class App:
+    """Handlers shared by the UI and the API; `predictors` maps a model name to its Predictor."""
+
+    def __init__(self, predictors: dict[str, Predictor], monitor: RequestMonitor, limits: Limits = Limits()):
+        self.predictors, self.monitor, self.limits = predictors, monitor, limits
+        self.batch_folder = TempFolder("classifier-batch", limits.temp_age_s)
+        self._sample_predictions: dict[str, list] = {}
+        self._samples_lock = threading.Lock()
+        # a decode holds a full-size image for a moment: bounding how many run at once bounds that memory
+        self._decode_slots = threading.BoundedSemaphore(limits.concurrent_decodes)
+
+    def predictor(self, name: str | None) -> Predictor:
+        if not name:
+            return next(iter(self.predictors.values()))
+        if name not in self.predictors:
+            raise gr.Error(f"Unknown model {name!r}; available: {', '.join(self.predictors)}.")
+        return self.predictors[name]
+
+    def decode(self, data: bytes, name: str, predictor: Predictor):
+        """An upload's bytes -> an RGB image reduced for `predictor`'s input size; raises BadImageError."""
+        if len(data) > self.limits.file_bytes:
+            raise BadImageError(f"{name} is larger than {self.limits.file_bytes // 2**20} MB.")
+        with self._decode_slots:
+            return open_rgb(data, name=name, max_pixels=UPLOAD_MAX_PIXELS, fit=predictor.input_size)
+
+    def served_files(self) -> list[str]:
+        """The files of the model folders that the page shows (gallery and failure images, the plots): the only
+        ones the server may hand out. Checkpoints, logs and training records stay private."""
+        files = []
+        for p in self.predictors.values():
+            files += [str(s.path.resolve()) for s in p.samples]
+            files += [str((p.folder / name).resolve()) for name in (CONFUSION_NAME, CURVES_NAME)
+                      if (p.folder / name).is_file()]
+        return files
+
+    # -- classify
+    def classify(self, image_path: str | None, top_k: int = 5, model: str | None = None):
+        if image_path is None:
+            raise gr.Error("Upload an image first.")
+        predictor = self.predictor(model)
+        start = time.perf_counter()
+        try:
+            path = uploaded_file(image_path)
+            image = self.decode(path.read_bytes(), f"The upload {path.name!r}", predictor)
+            top, inference_ms, size = predictor.classify(image, top_k)
+        except (BadImageError, UploadError) as e:
+            self.monitor.record("predict", 1000 * (time.perf_counter() - start), error=str(e), model=predictor.name)
+            raise gr.Error(str(e)) from None
+        self.monitor.record("predict", 1000 * (time.perf_counter() - start), top[0][0], size, model=predictor.name)
+        return dict(top), summary(top, inference_ms, size, predictor)
+
+    def classify_rest(self, data: bytes, filename: str | None, top_k: int, model: str | None):
+        """The REST route's work (in a worker thread): -> (top-k, milliseconds, image size); raises BadImageError."""
+        predictor = self.predictor(model)
+        image = self.decode(data, f"The upload {filename!r}", predictor)
+        return predictor.classify(image, top_k)
+
+    # -- galleries
+    def _predicted_samples(self, predictor: Predictor) -> list:
+        """Predictions for the model's shipped samples, computed once per model."""
+        with self._samples_lock:
+            if predictor.name not in self._sample_predictions:
+                images = [open_rgb(str(s.path)) for s in predictor.samples]
+                tops = predictor.classify_many(images, k=3) if images else []
+                self._sample_predictions[predictor.name] = list(zip(predictor.samples, tops))
+            return self._sample_predictions[predictor.name]
+
+    def _gallery(self, predictor: Predictor, class_name: str) -> list[tuple[str, str]]:
+        return [(str(sample.path), f"true: {sample.label} · predicted: {top[0][0]} ({100 * top[0][1]:.0f} %)")
+                for sample, top in self._predicted_samples(predictor)
+                if sample.kind == "gallery" and class_name in (ALL_CLASSES, None, "", sample.label)]
+
+    def samples(self, class_name: str = ALL_CLASSES, model: str | None = None):
+        predictor = self.predictor(model)
+        start = time.perf_counter()
+        items = self._gallery(predictor, class_name)
+        self.monitor.record("samples", 1000 * (time.perf_counter() - start), model=predictor.name)
+        return items
+
+    def classify_sample(self, class_name: str, top_k: int, model: str | None, evt: gr.SelectData):
+        # a click is a classification, not a gallery request: it must not count as one in the stats
+        predictor = self.predictor(model)
+        path, _ = self._gallery(predictor, class_name)[evt.index]
+        top, inference_ms, size = predictor.classify(open_rgb(path, fit=predictor.input_size), top_k)
+        self.monitor.record("predict", inference_ms, top[0][0], size, model=predictor.name)
+        return dict(top), summary(top, inference_ms, size, predictor)
+
+    def failures(self, model: str | None = None):
+        predictor = self.predictor(model)
+        items = [(str(sample.path), f"true: {sample.label} · " + ", ".join(f"{n} {100 * p:.0f}%" for n, p in top))
+                 for sample, top in self._predicted_samples(predictor) if sample.kind == "failure"]
+        confusion, curves = predictor.folder / CONFUSION_NAME, predictor.folder / CURVES_NAME
+        return items, (str(confusion) if confusion.is_file() else None), (str(curves) if curves.is_file() else None)
+
+    # -- batch
+    def classify_batch(self, files: list[str] | None, top_k: int = 5, model: str | None = None):
+        if not files:
+            raise gr.Error("Choose one or more image files.")
+        limits = self.limits
+        if len(files) > limits.batch_files:
+            raise gr.Error(f"{len(files)} files in one batch; at most {limits.batch_files} are classified per "
+                           "request. Send them in several batches.")
+        predictor = self.predictor(model)
+        start = time.perf_counter()
+        try:
+            paths = [uploaded_file(f) for f in files]
+        except UploadError as e:
+            raise gr.Error(str(e)) from None
+        # each image is reduced as soon as it is decoded, so the batch holds small images only
+        images, rows, pixels = {}, [None] * len(paths), 0
+        for i, path in enumerate(paths):
+            try:
+                data = path.read_bytes()
+                pixels += pixels_to_decode(data, predictor.input_size)
+                if pixels > limits.batch_pixels:
+                    raise BadImageError(f"skipped: the images of one request may hold {limits.batch_pixels // 10**6} "
+                                        "megapixels in all; send the rest in another batch.")
+                images[i] = self.decode(data, path.name, predictor)
+            except BadImageError as e:
+                rows[i] = [path.name, "", None, f"error: {e}"]
+        tops = predictor.classify_many(list(images.values()), top_k)
+        for i, top in zip(images, tops):
+            rows[i] = [paths[i].name, top[0][0], round(top[0][1], 4), ", ".join(f"{label} {p:.3f}" for label, p in top)]
+        csv_path = self.batch_folder.new("batch-") / "predictions.csv"
+        with csv_path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "top1", "confidence", "top_k"])
+            writer.writerows([csv_cell(cell) for cell in row] for row in rows)
+        self.monitor.record("classify_batch", 1000 * (time.perf_counter() - start),
+                            tops[0][0][0] if tops else None, model=predictor.name)
+        return rows, str(csv_path)
+
+    # -- about and monitoring
+    def model_info(self, model: str | None = None) -> dict:
+        p = self.predictor(model)
+        final = p.metrics.get("final", {})
+        return {
+            "name": p.name,
+            "architecture": p.loaded.config.get("architecture"),
+            "label_names": p.label_names,
+            "input_size": p.input_size,
+            "test_time_augmentation": p.loaded.tta,
+            "metrics_split": p.metrics.get("final_split"),
+            "metrics": {key: final.get(key) for key, _ in METRIC_ROWS if key in final},
+            "training_command": public_command(p.training_args.get("command")),
+            "dataset": public_name(p.training_args.get("dataset")),
+        }
+
+    def about_markdown(self, model: str | None = None) -> str:
+        info = self.model_info(model)
+        values = {key: info["metrics"][key] for key, _ in METRIC_ROWS if key in info["metrics"]}
+        rows = "\n".join(f"| {label} | {'n/a' if values[key] is None else format(values[key], '.4f')} |"
+                         for key, label in METRIC_ROWS if key in values)
+        metrics = f"| metric ({info['metrics_split']}) | value |\n|---|---|\n{rows}" if rows else "No metrics recorded."
+        command = f"```\n{info['training_command']}\n```" if info["training_command"] else "not recorded"
+        flip = " · predictions average each image and its mirror" if info["test_time_augmentation"] == "flip" else ""
+        size = info["input_size"]
+        return (f"### {info['name']}\n`{info['architecture']}` · input {size}×{size} px{flip} · "
+                f"{len(info['label_names'])} classes: {', '.join(info['label_names'])}\n\n{metrics}\n\n"
+                f"**Training command**\n{command}")
+
+    def stats(self) -> dict:
+        return self.monitor.stats()
+
+
+def summary(top, inference_ms: float, size, predictor: Predictor) -> str:
+    return (f"**{top[0][0]}** ({100 * top[0][1]:.1f} %) · inference {inference_ms:.1f} ms · "
+            f"image {size[0]}×{size[1]} px · model `{predictor.name}` ({predictor.input_size} px input)")
+
+
+def public_command(command: str | None) -> str | None:
+    """The training command without `--output-dir` (where the training machine wrote) and with local paths
+    shortened to their last part; what is left says how to train the same model."""
+    if not command:
+        return command
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    shown, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        if word == "--output-dir":
+            skip = True
+            continue
+        if word.startswith("--output-dir="):
+            continue
+        shown.append(public_name(word) if word.startswith(("/", "~", "./", "../")) else word)
+    return shlex.join(shown)
