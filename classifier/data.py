@@ -3,8 +3,9 @@
 `load_splits` resolves what the user typed (`cifar10`, a Hub id, a Hub-layout folder, an image
 folder, Kaggle's `seg_train/seg_test` layout), finds the image and label columns from the
 features and returns train/validation/test. `decode_split` turns one split into a uint8 tensor
-(N, 3, H, W) using the PIL stage of timm's eval transform, cached on disk by dataset fingerprint,
-so each image is decoded once per machine instead of once per epoch. A training set too large for
+(N, 3, H, W) using the PIL stage of timm's eval transform, decoded in DataLoader workers and cached on
+disk by dataset fingerprint as a memory-mapped `.npy`, so each image is decoded once per machine instead
+of once per epoch, and the processes of a machine share one copy of the pixels (the page cache's). A training set too large for
 that is read through `StreamedSplit` instead: the same decoding per batch, in DataLoader workers.
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ SPLIT_NAMES = {
     "validation": ("validation", "valid", "val", "dev"),
     "test": ("test", "testing"),
 }
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"  # 3: images in a memory-mapped .npy, the rest in a small .npz
 
 
 class DataError(ValueError):
@@ -239,25 +240,63 @@ def decode_split(
     skip_bad_images: bool = False,
     desc: str = "decode",
     use_cache: bool = True,
+    workers: int = 0,
 ) -> TensorSplit:
+    """The split as uint8 tensors, from the cache when it holds it. Cached images come back memory-mapped
+    (copy-on-write, never written): every process reading the cache shares the same pages of RAM."""
     key = hashlib.sha1(
         repr((CACHE_VERSION, split._fingerprint, image_column, label_column, size, interpolation, crop_pct,
               skip_bad_images)).encode()
     ).hexdigest()[:20]
-    path = cache_root() / f"{key}.npz"
-    if use_cache and path.exists():
-        with np.load(path, allow_pickle=False) as stored:
-            return _as_tensors(stored["images"], stored["labels"], stored["rows"], int(stored["skipped"]))
+    images_path, meta_path = cache_root() / f"{key}.npy", cache_root() / f"{key}.meta.npz"
+    if use_cache and meta_path.exists() and images_path.exists():
+        return _read_cache(images_path, meta_path)
 
     stream = StreamedSplit(split, image_column, label_column, num_classes, size, interpolation, crop_pct)
-    images = np.empty((len(stream), size, size, 3), dtype=np.uint8)
+    shape = (len(stream), size, size, 3)
+    if use_cache:
+        images_path.parent.mkdir(parents=True, exist_ok=True)
+        # decoded straight into the file: even the decoding process keeps no private copy of the set
+        tmp_images = images_path.with_suffix(f".{os.getpid()}.tmp.npy")
+        images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=shape)
+    else:
+        images = np.empty(shape, dtype=np.uint8)
     labels = np.empty(len(stream), dtype=np.int64)
     rows = np.empty(len(stream), dtype=np.int64)
+    try:
+        kept = _decode_into(images, labels, rows, stream, skip_bad_images, desc, workers)
+    except BaseException:
+        if use_cache:
+            tmp_images.unlink(missing_ok=True)
+        raise
+    skipped = len(stream) - kept
+    labels, rows = labels[:kept], rows[:kept]
+    if not use_cache:
+        return _as_tensors(images[:kept], labels, rows, skipped)
+    images.flush()
+    del images
+    os.replace(tmp_images, images_path)
+    # the small file last, and atomically: a cache whose .meta.npz exists is complete, so concurrent processes
+    # never read a half-written one (skipped images leave unused rows at the end of the .npy)
+    tmp_meta = meta_path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp_meta, labels=labels, rows=rows, skipped=skipped)
+    os.replace(tmp_meta, meta_path)
+    return _read_cache(images_path, meta_path)
+
+
+def _decode_into(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, stream: StreamedSplit,
+                 skip_bad_images: bool, desc: str, workers: int) -> int:
+    """Fill the arrays with the decodable images in split order; -> how many there are."""
     kept = 0
+    chunks = [list(range(start, min(start + 256, len(stream)))) for start in range(0, len(stream), 256)]
+    # decoding is CPU-bound PIL work: spread it over worker processes (a one-chunk split is not worth one)
+    loader = torch.utils.data.DataLoader(stream, batch_sampler=chunks, collate_fn=_as_decoded,
+                                         num_workers=min(workers, len(chunks)) if len(chunks) > 1 else 0,
+                                         # its own generator: decoding (or not, from the cache) leaves the
+                                         # global RNG, which initialises the model, where it was
+                                         generator=torch.Generator().manual_seed(0))
     with tqdm(total=len(stream), desc=desc, unit="img", disable=None) as bar:
-        for start in range(0, len(stream), 256):
-            batch_images, batch_labels, batch_rows, failed = stream.__getitems__(
-                list(range(start, min(start + 256, len(stream)))))
+        for batch_images, batch_labels, batch_rows, failed in loader:
             if failed and not skip_bad_images:
                 raise undecodable(desc, failed[0])
             n = len(batch_labels)
@@ -265,15 +304,20 @@ def decode_split(
             labels[kept:kept + n], rows[kept:kept + n] = batch_labels.numpy(), batch_rows.numpy()
             kept += n
             bar.update(len(batch_rows) + len(failed))
-    skipped = len(stream) - kept
-    images, labels, rows = images[:kept], labels[:kept], rows[:kept]
     if kept == 0:
         raise DataError(f"{desc}: none of the {len(stream)} images could be used.")
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=images, labels=labels, rows=rows, skipped=skipped)
-        os.replace(tmp, path)  # atomic: concurrent processes never read a half-written cache
+    return kept
+
+
+def _as_decoded(batch):
+    return batch  # StreamedSplit.__getitems__ returns whole decoded batches
+
+
+def _read_cache(images_path: Path, meta_path: Path) -> TensorSplit:
+    with np.load(meta_path, allow_pickle=False) as meta:
+        labels, rows, skipped = meta["labels"], meta["rows"], int(meta["skipped"])
+    # "c" (copy-on-write) rather than "r": torch wants a writable array, and no write ever reaches the file
+    images = np.load(images_path, mmap_mode="c")[:len(labels)]
     return _as_tensors(images, labels, rows, skipped)
 
 
@@ -318,9 +362,17 @@ class StreamedSplit(torch.utils.data.Dataset):
                 torch.tensor(kept, dtype=torch.int64), failed)
 
 
-def memory_budget(device: torch.device) -> int:
-    """Bytes a decoded training set may take: a quarter of the RAM, and of the GPU's memory when it lives there."""
-    budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+def streams(data_path: str, train_bytes: int, device: torch.device, local_processes: int) -> bool:
+    """Whether the training set is streamed: `stream` asked for it, or (`auto`) its decoded `train_bytes`
+    exceed the memory budget of one of the machine's `local_processes`."""
+    return data_path == "stream" or (data_path == "auto" and train_bytes > memory_budget(device, local_processes))
+
+
+def memory_budget(device: torch.device, local_processes: int = 1) -> int:
+    """Bytes a decoded training set may take in one process: a quarter of the RAM divided among the machine's
+    `local_processes`, each of which may hold a whole copy (readers of the cache share its pages, but
+    without the cache each process decodes its own), and a quarter of the GPU's memory when it lives there."""
+    budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4 // local_processes
     if device.type == "cuda":
         budget = min(budget, torch.cuda.get_device_properties(device).total_memory // 4)
     return budget
