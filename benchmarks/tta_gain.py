@@ -15,7 +15,8 @@ from accelerate import Accelerator
 
 from classifier.data import decode_split, load_splits
 from classifier.model import load_folder
-from classifier.train import describe_hardware, eval_loader, evaluate_split, resolve_mixed_precision
+from classifier.engine import eval_loader, evaluate_split
+from classifier.train import describe_hardware, resolve_mixed_precision
 
 
 def main(argv=None) -> int:

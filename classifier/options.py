@@ -111,7 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto = bf16 where the device supports it (CUDA, recent CPUs), else no")
     train.add_argument("--compile", action="store_true",
                        help="torch.compile the model (inductor); compiling takes a while before the first step")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0,
+                       help="data order, split and initialisation; augmentation and dropout draw from seed + "
+                            "process index")
+    train.add_argument("--ddp-timeout", type=float, default=7200, metavar="SECONDS",
+                       help="how long a process waits for the others in one collective, e.g. while the main "
+                            "process decodes a large data set into the cache (torch.distributed's timeout)")
 
     out = p.add_argument_group("output")
     out.add_argument("--output-dir", help="model folder to write (default: runs/<dataset name>)")

@@ -74,7 +74,9 @@ def model_card(
     command: str,
     img_size: int,
     weights_source: str,
+    trained_on: str = "",
 ) -> ModelCard:
+    """`trained_on`: how many processes of which kind, precision and hardware (RunFacts.describe())."""
     results = [
         EvalResult(task_type="image-classification", dataset_type=dataset_hub_id or dataset, dataset_name=dataset,
                    dataset_split=eval_split, metric_type=key, metric_name=f"{eval_split} {name}",
@@ -129,6 +131,7 @@ With this project's app: `MODEL_ID={hub_id} python app.py`, or `python app.py --
 ```
 {command}
 ```
+{f"Trained on {trained_on}." if trained_on else ""}
 
 ## Results ({eval_split} split, {sum(per_class['support'])} images)
 

@@ -8,7 +8,7 @@ from accelerate import Accelerator
 
 from classifier.data import decode_split, load_splits
 from classifier.model import load_folder
-from classifier.train import eval_loader, evaluate_split
+from classifier.engine import eval_loader, evaluate_split
 
 model_dir, dataset, out, batch_size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 accelerator = Accelerator(mixed_precision="no")

@@ -82,10 +82,8 @@ def test_unwritable_output_dir_fails_before_training(parquet_repo, tmp_path):
 def test_full_disk_is_reported_before_training(parquet_repo, tmp_path, monkeypatch, capsys):
     import shutil
 
-    import classifier.train as train_module
-
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(train_module.shutil, "disk_usage", lambda path: usage._replace(free=10 * 2**20))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10 * 2**20))
     with pytest.raises(SystemExit) as exited:
         train("--dataset", parquet_repo, "--output-dir", tmp_path / "model", "--epochs", "1", *FAST)
     assert exited.value.code == 2
@@ -94,12 +92,12 @@ def test_full_disk_is_reported_before_training(parquet_repo, tmp_path, monkeypat
 
 
 def test_a_failed_write_never_leaves_a_folder_that_looks_complete(parquet_repo, tmp_path, monkeypatch):
-    import classifier.train as train_module
+    from classifier import report
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(train_module.report, "model_card", disk_full)
+    monkeypatch.setattr(report, "model_card", disk_full)
     out = tmp_path / "model"
     with pytest.raises(SystemExit):
         train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "1", *FAST)

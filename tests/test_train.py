@@ -21,7 +21,7 @@ from classifier.augment import BatchAugment
 from classifier.data import DataError, load_splits
 from classifier.model import load_folder
 from classifier.options import parse_args
-from classifier.train import progressive_img_size
+from classifier.engine import progressive_img_size
 
 from .conftest import CLASSES, FAST, make_examples, reset_accelerate_state, train, write_parquet_repo
 

@@ -1,0 +1,102 @@
+"""Resumable checkpoints. `accelerator.save_state` saves the model, the optimizer and each process's RNG
+states; the rest of the training state (progress and scheduler) is saved by name, as JSON, next to them,
+so a checkpoint that lacks a piece says which on resume, and nothing pickled is loaded but accelerate's own
+files."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils.constants import OPTIMIZER_NAME, RNG_STATE_NAME, SAFE_MODEL_NAME
+
+from .distributed import agreed, together
+from .state import TrainingError, TrainState
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "training_state.json"
+
+
+def checkpoint_dir(output_dir) -> Path:
+    return Path(output_dir) / CHECKPOINT_DIR
+
+
+def find_checkpoint(output_dir: Path, resume: str) -> Path:
+    if resume != "latest":
+        path = Path(resume)
+        if not path.is_dir():
+            raise TrainingError(f"--resume {resume}: no such checkpoint folder.")
+        return path
+    candidates = sorted(p for p in checkpoint_dir(output_dir).glob("step_*") if not p.name.endswith(".partial"))
+    if not candidates:
+        raise TrainingError(f"--resume latest: no checkpoint in {checkpoint_dir(output_dir)}.")
+    return candidates[-1]
+
+
+def save_checkpoint(accelerator: Accelerator, state: TrainState, output_dir: Path, limit: int) -> None:
+    """Save only finite weights, under a temporary name renamed when complete: a run killed or diverging at
+    any moment leaves the newest checkpoint a good one."""
+    progress = state.progress
+    # the weights are the same on every process (DDP), so every process stops here alike
+    if not all(torch.isfinite(p).all() for p in state.model.parameters()):
+        raise agreed(TrainingError(
+            f"Model weights became non-finite by optimizer step {progress.optimizer_steps} (epoch "
+            f"{progress.epoch + 1}); the checkpoint was not saved. Lower --lr or set --clip-grad and "
+            f"--resume latest from the last good checkpoint in {checkpoint_dir(output_dir)}."))
+    folder = checkpoint_dir(output_dir) / f"step_{progress.optimizer_steps:08d}"
+    partial = folder.with_name(folder.name + ".partial")
+    with together(accelerator):
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+    accelerator.save_state(str(partial))
+    with together(accelerator):
+        if accelerator.is_main_process:
+            record = {"num_processes": accelerator.num_processes, "progress": progress.state_dict(),
+                      "scheduler": state.scheduler.state_dict()}
+            (partial / STATE_FILE).write_text(json.dumps(record, indent=1))
+            shutil.rmtree(folder, ignore_errors=True)
+            partial.rename(folder)
+            for old in sorted(checkpoint_dir(output_dir).glob("step_[0-9]*[0-9]"))[:-limit]:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(accelerator: Accelerator, state: TrainState, folder: Path, lr: float) -> None:
+    """Restore `state` (and every process's RNG) from `folder`; the lr given now replaces the checkpoint's."""
+    with together(accelerator):
+        record = _read_record(folder)
+        same_processes = record["num_processes"] == accelerator.num_processes
+        if not same_processes and record["progress"]["batches_done"]:
+            raise TrainingError(
+                f"{folder} was saved mid-epoch by {record['num_processes']} process(es); resume it on as many "
+                f"(each epoch's batches are shared out among the processes), or from a checkpoint saved at the "
+                f"end of an epoch (--checkpoint-every epoch).")
+        needed = [f"{SAFE_MODEL_NAME}.safetensors", f"{OPTIMIZER_NAME}.bin"]
+        if same_processes:  # otherwise some processes start from their seed, not a saved RNG state
+            needed.append(f"{RNG_STATE_NAME}_{accelerator.process_index}.pkl")
+        missing = [name for name in needed if not (folder / name).is_file()]
+        if missing:
+            raise TrainingError(f"{folder} is not a complete checkpoint: {', '.join(missing)} missing.")
+    accelerator.load_state(str(folder))
+    state.progress.load_state_dict(record["progress"])
+    scheduler = state.scheduler
+    scheduler.load_state_dict(record["scheduler"])
+    # the lr given now wins over the checkpoint's (e.g. a lower one after a divergence); same lr: no change
+    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
+    for group, base_lr in zip(state.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+    if not same_processes:
+        accelerator.print(f"{folder} was saved by {record['num_processes']} process(es): the data order continues, "
+                          f"but the random draws are not those of an uninterrupted run.")
+
+
+def _read_record(folder: Path) -> dict:
+    path = folder / STATE_FILE
+    if not path.is_file():
+        raise TrainingError(f"{folder} is not a complete checkpoint: {STATE_FILE} (progress and lr schedule) is "
+                            f"missing; checkpoints from before this file was introduced cannot be resumed.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise TrainingError(f"{path} is damaged ({e}).") from e

@@ -1,0 +1,271 @@
+"""One epoch of training and one evaluation pass, as timm's train.py splits them (train_one_epoch / validate).
+
+Training images live as one uint8 tensor on the training device; each step indexes a batch out of it and
+augments it there (classifier.augment), so no DataLoader workers are needed for training. A training set
+too large for memory is streamed instead: DataLoader workers decode the same batches to the same uint8
+tensors, and everything after that is shared.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from tqdm.auto import tqdm
+
+from . import metrics as metrics_lib
+from .augment import BatchAugment, normalize
+from .checkpoint import checkpoint_dir
+from .data import StreamedSplit, TensorSplit, undecodable
+from .distributed import agreed
+from .model import view_probabilities
+from .state import TrainingError, TrainState, new_running
+
+WINDOW = 10  # batches between reads of the loss: each read waits for the device
+
+
+class BatchedTensors(torch.utils.data.Dataset):
+    """Index a whole batch in one tensor op (DataLoader calls __getitems__ with the batch's indices)."""
+
+    def __init__(self, split: TensorSplit):
+        self.split = split
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        return self.split.images[i], self.split.labels[i]
+
+    def __getitems__(self, indices):
+        index = torch.as_tensor(indices)
+        return self.split.images[index], self.split.labels[index]
+
+
+def _already_batched(batch):
+    return batch
+
+
+def eval_loader(split: TensorSplit, batch_size: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(BatchedTensors(split), batch_size=batch_size, collate_fn=_already_batched)
+
+
+def train_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int):
+    """The index batches of one epoch for this process: a permutation fixed by (seed, epoch), shared by
+    every process and sliced per rank, so a resumed run replays the same order."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    per_step = batch_size * world
+    return [order[s * per_step + rank * batch_size: s * per_step + (rank + 1) * batch_size] for s in range(n // per_step)]
+
+
+def training_inputs(train_data, batches, device, workers: int):
+    """(uint8 images, labels, messages for undecodable rows) for each batch of indices, on `device`."""
+    if isinstance(train_data, TensorSplit):
+        for index in batches:
+            index = index.to(device)
+            yield train_data.images[index], train_data.labels[index], []
+        return
+    loader = torch.utils.data.DataLoader(
+        train_data, batch_sampler=[b.tolist() for b in batches], collate_fn=_already_batched, num_workers=workers,
+        prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda",
+        # its own generator: creating the loader then leaves the global RNG, which draws the augmentations,
+        # exactly where the in-memory path leaves it
+        generator=torch.Generator().manual_seed(0),
+    )
+    for images, labels, _, failed in loader:
+        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True), failed
+
+
+def progressive_img_size(epoch: int, epochs: int, min_size: int, max_size: int, ramp: tuple[float, float],
+                         multiple: int = 16) -> int:
+    """The training input size of `epoch` (0-based) under progressive resizing: `min_size` until the fraction
+    `ramp[0]` of the epochs, growing linearly to `max_size` at `ramp[1]`, `max_size` from there on (FFCV's
+    schedule). Small early epochs cost a fraction of full-size ones, and the last ones at the evaluation size
+    let the weights and batch-norm statistics settle at the size the model will see. Sizes in between are
+    rounded to multiples of 16, so a run meets only a few distinct shapes."""
+    start, end = ramp[0] * epochs, ramp[1] * epochs
+    if min_size >= max_size or epoch >= end:
+        return max_size
+    if epoch <= start:
+        return min_size
+    size = min_size + (epoch - start) / (end - start) * (max_size - min_size)
+    return min(max(round(size / multiple) * multiple, min_size), max_size)
+
+
+@dataclass
+class Recipe:
+    """What turns a batch of uint8 images into model inputs and a loss: augmentation, mixup/cutmix, criterion."""
+
+    augment: BatchAugment
+    mixup: Mixup | None
+    criterion: torch.nn.Module
+
+    @classmethod
+    def from_args(cls, args, num_classes: int, mean, std, device) -> "Recipe":
+        augment = BatchAugment(args.augment, args.img_size, mean, std, random_erase=args.random_erase, device=device)
+        mixup = None
+        if args.mixup > 0 or args.cutmix > 0:
+            mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.label_smoothing,
+                          num_classes=num_classes)
+        criterion = (SoftTargetCrossEntropy() if mixup
+                     else torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing))
+        return cls(augment, mixup, criterion)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, img_size: int):
+        """-> (augmented inputs, targets: the labels, or their mixed soft version)"""
+        x = self.augment(images, img_size)
+        return self.mixup(x, labels) if self.mixup is not None else (x, labels)
+
+
+@dataclass
+class Plan:
+    """How the training set is cut into steps; the same on every process."""
+
+    batch_size: int  # per process
+    batches_per_epoch: int  # per process, whole accumulation cycles
+    steps_per_epoch: int  # optimizer steps
+
+
+def train_one_epoch(epoch: int, state: TrainState, train_data: TensorSplit | StreamedSplit, recipe: Recipe,
+                    plan: Plan, accelerator: Accelerator, args, on_checkpoint) -> int:
+    """Train `epoch` from where `state.progress` says it stands; `on_checkpoint()` is called when a checkpoint
+    is due. The statistics in `state.progress.running` are sums over every process. -> the training size."""
+    model, optimizer, scheduler, progress = state.model, state.optimizer, state.scheduler, state.progress
+    world, device = accelerator.num_processes, accelerator.device
+    model.train()
+    batches = train_batches(len(train_data), plan.batch_size, args.seed, epoch, accelerator.process_index, world)
+    batches = batches[:plan.batches_per_epoch]
+    img_size = progressive_img_size(epoch, args.epochs, args.min_img_size, args.img_size, args.resize_ramp)
+    desc = f"epoch {epoch + 1}/{args.epochs}" + (f" at {img_size}px" if img_size != args.img_size else "")
+    bar = tqdm(total=len(batches), initial=progress.batches_done, desc=desc,
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    window = Window(time.perf_counter())
+    inputs = training_inputs(train_data, batches[progress.batches_done:], device, args.data_workers)
+    for batch_index, (images, y, failed) in enumerate(inputs, start=progress.batches_done):
+        window.failed += failed
+        x, targets = recipe(images, y, img_size)
+        with accelerator.accumulate(model):
+            logits = model(x)
+            loss = recipe.criterion(logits, targets)
+            accelerator.backward(loss)
+            if args.clip_grad and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        if accelerator.sync_gradients:
+            scheduler.step()
+            progress.optimizer_steps += 1
+        progress.batches_done = batch_index + 1
+        window.add(loss.detach(), (logits.argmax(-1) == y).sum(), len(y))
+        checkpoint_due = (isinstance(args.checkpoint_every, int) and accelerator.sync_gradients
+                          and progress.optimizer_steps % args.checkpoint_every == 0)
+        if len(window.losses) == WINDOW or batch_index == len(batches) - 1 or checkpoint_due:
+            losses = window.close(accelerator, state, epoch, batch_index, args)
+            bar.set_postfix(loss=f"{losses.mean().item():.3f}", lr=f"{lr:.2e}",
+                            img_s=f"{window.seen / window.elapsed:.0f}")
+            bar.update(len(losses))
+            accelerator.log({"train/loss": losses.mean().item(), "lr": lr}, step=progress.optimizer_steps)
+            window = Window(time.perf_counter())
+        if checkpoint_due:
+            on_checkpoint()
+    bar.close()
+    return img_size
+
+
+@dataclass
+class Window:
+    """A few batches' statistics, read and reduced over all processes together: one device sync and one
+    small all-reduce per window, which is also where every process learns of another's failure."""
+
+    started: float
+    losses: list = field(default_factory=list)
+    correct: list = field(default_factory=list)
+    samples: int = 0
+    failed: list = field(default_factory=list)  # this process's messages for streamed images that failed to decode
+    seen: float = 0.0  # after close(): images of the window over all processes
+    elapsed: float = 0.0
+
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, samples: int) -> None:
+        self.losses.append(loss)
+        self.correct.append(correct)
+        self.samples += samples
+
+    def close(self, accelerator: Accelerator, state: TrainState, epoch: int, last_batch: int, args) -> torch.Tensor:
+        """Add the window to the epoch's running sums; -> its losses (each the mean over processes). A non-finite
+        loss, or an undecodable image without --skip-bad-images, on any process ends the run on all of them."""
+        device = self.losses[0].device
+        local = torch.cat([torch.stack(self.losses).float(),
+                           torch.stack([torch.stack(self.correct).sum().float(),
+                                        torch.tensor(float(self.samples), device=device),
+                                        torch.tensor(float(len(self.failed)), device=device)])])
+        total = accelerator.reduce(local, "sum")
+        losses = total[:len(self.losses)] / accelerator.num_processes
+        correct, self.seen, failed = total[len(self.losses):].tolist()
+        progress = state.progress
+        if failed:
+            messages = sorted(set(gather_object(self.failed)))
+            if not args.skip_bad_images:
+                raise agreed(undecodable("decode train", messages[0]))
+            progress.skipped_train = sorted(set(progress.skipped_train) | set(messages))
+        if not torch.isfinite(losses).all():
+            bad = int((~torch.isfinite(losses)).nonzero()[0])
+            raise agreed(TrainingError(
+                f"Loss became {losses[bad].item()} at epoch {epoch + 1}, batch "
+                f"{last_batch - len(self.losses) + 1 + bad}. Lower --lr or enable --clip-grad; checkpoints in "
+                f"{checkpoint_dir(args.output_dir)} (if any) hold the last good state."))
+        self.elapsed = time.perf_counter() - self.started
+        progress.running["loss"] += losses.sum().item()
+        progress.running["correct"] += correct
+        progress.running["seen"] += self.seen
+        progress.running["seconds"] += self.elapsed
+        return losses
+
+
+def epoch_record(state: TrainState, epoch: int, img_size: int, batches: int, val: dict, started: float) -> dict:
+    """The epoch's line in the history; resets the running sums for the next epoch."""
+    running = state.progress.running
+    record = {
+        "epoch": epoch + 1,
+        "img_size": img_size,  # of the training images; validation is always at --img-size
+        "train_loss": running["loss"] / max(batches, 1),
+        "train_accuracy": running["correct"] / max(running["seen"], 1),
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "val_f1": val["f1"],
+        "seconds": running["seconds"],  # training steps only
+        "elapsed_seconds": time.perf_counter() - started,  # since the run started: loading, decoding, evals
+    }
+    state.progress.history.append(record)
+    state.progress.epoch, state.progress.batches_done = epoch + 1, 0
+    state.progress.running = new_running()
+    return record
+
+
+@torch.inference_mode()
+def evaluate_split(model, loader, accelerator, mean, std, num_classes: int,
+                   tta: str = "none") -> tuple[dict, torch.Tensor]:
+    """Metrics and per-sample probabilities (in split order) over a split; under N processes
+    gather_for_metrics drops the padding so each sample counts once. With test-time augmentation the
+    accuracy of the image alone is reported too, as `single_view_accuracy`."""
+    model.eval()
+    probs, single, refs = [], [], []
+    for images, labels in loader:
+        x = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            views = view_probabilities(model, x, tta)
+        p, p0, y = accelerator.gather_for_metrics((views.mean(0), views[0], labels))
+        probs.append(p.cpu()), single.append(p0.cpu()), refs.append(y.cpu())
+    probs, single, refs = torch.cat(probs), torch.cat(single), torch.cat(refs)
+    result = metrics_lib.compute(probs.tolist(), refs.tolist(), num_classes)
+    # the cross-entropy of the predicted distribution (the views' mean); with one view, of the softmax
+    result["loss"] = F.nll_loss(probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), refs).item()
+    result["num_samples"] = len(refs)
+    if tta != "none":
+        result["tta"] = tta
+        result["single_view_accuracy"] = (single.argmax(-1) == refs).double().mean().item()
+    return result, probs

@@ -1,0 +1,82 @@
+"""The model folder a run leaves: weights and config.json in timm's Hub format, metrics, the record of how it
+was trained, plots and the model card. Written by one process, staged, and moved in with config.json last."""
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import report
+from .model import data_config, export, replace_folder_contents
+from .options import dataset_slug
+from .presets import find_preset
+from .state import TrainingError
+
+
+@dataclass
+class RunFacts:
+    """What the run resolved or found beyond its arguments; recorded next to them in training_args.json."""
+    weights_source: str
+    model_args: dict
+    mixed_precision: str
+    data_path: str
+    hardware: str
+    num_processes: int
+    distributed_type: str  # accelerate's DistributedType: NO, MULTI_CPU, MULTI_GPU, ...
+
+    def describe(self) -> str:
+        processes = "1 process" if self.num_processes == 1 else f"{self.num_processes} processes"
+        return (f"{processes} (accelerate {self.distributed_type}), mixed precision {self.mixed_precision}, "
+                f"{self.hardware}")
+
+
+def check_output_dir(output_dir: Path, needed_bytes: int) -> None:
+    """Fail before training, not after an hour of it, if the model folder cannot be written."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-test"
+        probe.write_bytes(b"0" * 1024)
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"Cannot write to --output-dir {output_dir}: {e}") from e
+    free = shutil.disk_usage(output_dir).free
+    if free < needed_bytes:
+        raise TrainingError(f"Only {free / 2**20:.0f} MB free at {output_dir}; this run needs about "
+                            f"{needed_bytes / 2**20:.0f} MB (model folder and checkpoints).")
+
+
+def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_files) -> None:
+    """Everything is written to a staging folder first and moved in at the end (config.json last)."""
+    output_dir = Path(args.output_dir)
+    staging = output_dir / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
+    preset = find_preset(args.dataset)
+    # safetensors stores contiguous tensors only; channels_last was for speed
+    model = model.to(memory_format=torch.contiguous_format, dtype=getattr(torch, args.weights_dtype))
+    label_names, final, final_split = metrics["label_names"], metrics["final"], metrics["final_split"]
+    export(model, staging, label_names, data_config(args.img_size, mean, std), facts.model_args,
+           tag=dataset_slug(args.dataset), tta=args.tta)
+    command = "accelerate launch train_accelerate.py " + shlex.join(sys.argv[1:])
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    training_args = dict(vars(args), weights_source=facts.weights_source,
+                         resolved_mixed_precision=facts.mixed_precision, resolved_data_path=facts.data_path,
+                         hardware=facts.hardware, num_processes=facts.num_processes,
+                         distributed_type=facts.distributed_type, command=command)
+    (staging / "training_args.json").write_text(json.dumps(training_args, indent=2, default=str))
+    if metrics["history"]:
+        report.plot_curves(metrics["history"], staging / report.CURVES_NAME)
+    report.plot_confusion(final["confusion_matrix"], label_names, staging / report.CONFUSION_NAME,
+                          f"{args.model} on {args.dataset} ({final_split})")
+    repo_name = args.push_to_hub or f"{args.model}-{dataset_slug(args.dataset)}"
+    card = report.model_card(repo_name, args.model, args.dataset, preset.path if preset else None, label_names,
+                             final, final_split, command, args.img_size, facts.weights_source, facts.describe())
+    card.save(staging / "README.md")
+    add_extra_files(staging)
+    replace_folder_contents(staging, output_dir)
