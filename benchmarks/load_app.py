@@ -1,10 +1,15 @@
-"""Load test: start the app (as `python app.py` would run) and hammer /predict with concurrent gradio_client clients.
+"""Load test: start the app (as `python app.py` would run it) and load it with concurrent clients, half through
+gradio_client (/predict) and half through REST (POST /api/classify), optionally with a burst of large uploads, while
+the server's memory is sampled.
 
     python -m benchmarks.load_app                       # 16 clients x 200 requests, bundled model
+    python -m benchmarks.load_app --burst 20            # ... plus 20 concurrent 8000x8000 PNG uploads mid-run
     python -m benchmarks.load_app --model runs/cifar10 --clients 4 --requests 50
 
-Prints successes, failures and latency percentiles; exits 1 if any request failed.
-Traffic goes to 127.0.0.1 only, and the run is bounded by --clients x --requests.
+Prints one table row per kind of traffic (ok, failed, answered busy, latency percentiles) and the server's peak
+memory; exits 1 if any well-formed request failed. A request answered "busy" (REST 503 with Retry-After) is retried
+after the pause it names, as a well-behaved client does, and counted apart. Traffic goes to 127.0.0.1 only, and the
+run is bounded by --clients x --requests (+ --burst).
 """
 from __future__ import annotations
 
@@ -58,7 +63,7 @@ def start_app(model: str | None, port: int, env: dict | None = None) -> subproce
                         port, env)
 
 
-def run_client(url: str, image: str, requests: int, latencies: list, failures: list) -> None:
+def run_client(url: str, image: str, requests: int, latencies: list, failures: list, busy: list | None = None) -> None:
     try:
         client = Client(url, verbose=False)
     except Exception as e:  # a client that cannot even connect fails all its requests
@@ -71,48 +76,145 @@ def run_client(url: str, image: str, requests: int, latencies: list, failures: l
             assert len(label["confidences"]) == 3
             latencies.append(time.perf_counter() - start)
         except Exception as e:
-            failures.append(f"{type(e).__name__}: {e}")
+            failures.append(f"gradio: {type(e).__name__}: {e}")
+
+
+def run_rest_client(url: str, image: str, requests: int, latencies: list, failures: list, busy: list) -> None:
+    data = Path(image).read_bytes()
+    with httpx.Client(timeout=300) as http:
+        for _ in range(requests):
+            start = time.perf_counter()
+            try:
+                while True:
+                    response = http.post(f"{url}api/classify?top_k=3",
+                                         files={"file": (Path(image).name, data, "image/png")})
+                    if response.status_code != 503:
+                        break
+                    busy.append(1)
+                    time.sleep(float(response.headers.get("retry-after", 1)))
+                assert response.status_code == 200, f"{response.status_code} {response.text[:200]}"
+                assert len(response.json()["predictions"]) == 3
+                latencies.append(time.perf_counter() - start)
+            except Exception as e:
+                failures.append(f"rest: {type(e).__name__}: {e}")
+
+
+def large_png(path: Path, side: int = 8000) -> Path:
+    """A side x side RGB PNG that compresses to a few MB (a smooth gradient), so it passes the 20 MB upload cap
+    and still decodes to side^2 pixels: the expensive kind of upload."""
+    ramp = np.linspace(0, 255, side, dtype=np.uint8)
+    pixels = np.empty((side, side, 3), np.uint8)
+    pixels[..., 0], pixels[..., 1], pixels[..., 2] = ramp[None, :], ramp[:, None], 128
+    Image.fromarray(pixels).save(path, compress_level=1)
+    return path
+
+
+class MemorySampler:
+    """The server's resident memory, sampled every 0.1 s, and its peak (VmHWM) read from /proc at the end."""
+
+    def __init__(self, pid: int):
+        self.pid, self.samples, self._stop = pid, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _field_mb(self, name: str) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def _run(self):
+        while not self._stop.wait(0.1):
+            try:
+                self.samples.append(self._field_mb("VmRSS"))
+            except OSError:
+                return
+
+    def start(self) -> float:
+        rest = self._field_mb("VmRSS")
+        self._thread.start()
+        return rest
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self._field_mb("VmHWM")
+
+
+def run_traffic(targets: list[tuple], latencies: list, failures: list, busy: list) -> float:
+    threads = [threading.Thread(target=fn, args=(*args, latencies, failures, busy)) for fn, *args in targets]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
+
+
+def row(kind: str, clients: int, total: int, latencies: list, failures: list, busy: list, wall: float) -> str:
+    ms = np.asarray(latencies) * 1000
+    p50, p95, p99 = (np.percentile(ms, q) if len(ms) else float("nan") for q in (50, 95, 99))
+    return (f"| {kind} | {clients} | {total} | {len(latencies)} | {len(failures)} | {len(busy)} | {p50:.0f} | {p95:.0f} "
+            f"| {p99:.0f} | {len(latencies) / wall:.1f} |")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder or Hub id (default: the bundled model)")
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", type=int, default=16, help="half use gradio_client, half REST")
     parser.add_argument("--requests", type=int, default=200, help="requests per client")
     parser.add_argument("--image", help="image to send (default: a generated 128x128 picture)")
+    parser.add_argument("--burst", type=int, default=0,
+                        help="this many concurrent uploads of an 8000x8000 PNG (half REST, half gradio_client), "
+                             "started once the clients are running")
+    parser.add_argument("--burst-side", type=int, default=8000, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    folder = Path(tempfile.mkdtemp())
     image = args.image
     if image is None:
-        image = str(Path(tempfile.mkdtemp()) / "load.png")
+        image = str(folder / "load.png")
         rng = np.random.default_rng(0)
         Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(image)
+    big = str(large_png(folder / "large.png", args.burst_side)) if args.burst else None
     port = free_port()
     app = start_app(args.model, port)
-    latencies, failures = [], []
+    url = f"http://127.0.0.1:{port}/"
+    memory = MemorySampler(app.pid)
+    steady, burst = ([], [], []), ([], [], [])
     try:
-        threads = [threading.Thread(target=run_client, args=(f"http://127.0.0.1:{port}/", image, args.requests,
-                                                             latencies, failures)) for _ in range(args.clients)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
+        resting_mb = memory.start()
+        clients = [(run_client if i % 2 == 0 else run_rest_client, url, image, args.requests)
+                   for i in range(args.clients)]
+        bursting = [(run_client if i % 2 == 0 else run_rest_client, url, big, 1) for i in range(args.burst)]
+        burst_wall = []
+
+        def fire_burst():
+            time.sleep(2.0)  # the steady clients are connected and running
+            burst_wall.append(run_traffic(bursting, *burst))
+
+        burster = threading.Thread(target=fire_burst)
+        if bursting:
+            burster.start()
+        wall = run_traffic(clients, *steady)
+        if bursting:
+            burster.join()
+        peak_mb = memory.stop()
     finally:
         app.terminate()
         app.wait(timeout=30)
 
-    total = args.clients * args.requests
-    ms = np.asarray(latencies) * 1000
-    print("| clients | requests | ok | failed | p50 ms | p95 ms | p99 ms | requests/s |")
-    print("|---|---|---|---|---|---|---|---|")
-    p50, p95, p99 = (np.percentile(ms, q) if len(ms) else float("nan") for q in (50, 95, 99))
-    print(f"| {args.clients} | {total} | {len(latencies)} | {len(failures)} | {p50:.0f} | {p95:.0f} | {p99:.0f} "
-          f"| {len(latencies) / wall:.1f} |")
+    print("| traffic | clients | requests | ok | failed | busy, retried | p50 ms | p95 ms | p99 ms | requests/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(row("128 px image, half gradio_client, half REST", args.clients, args.clients * args.requests, *steady, wall))
+    if bursting:
+        print(row(f"{args.burst_side}x{args.burst_side} PNG burst", args.burst, args.burst, *burst, burst_wall[0]))
+    print(f"\nserver memory: {resting_mb:.0f} MB at rest, peak {peak_mb:.0f} MB "
+          f"(+{peak_mb - resting_mb:.0f} MB under load)")
+    failures = steady[1] + burst[1]
     for failure in sorted(set(failures))[:10]:
         print("failure:", failure)
-    return 1 if failures or len(latencies) != total else 0
+    expected = args.clients * args.requests + args.burst
+    return 1 if failures or len(steady[0]) + len(burst[0]) != expected else 0
 
 
 if __name__ == "__main__":

@@ -251,9 +251,12 @@ def test_requests_waiting_for_the_torch_thread_run_as_one_batch(trained):
 
 
 def test_load_script_runs_and_reports(trained):
-    """The full 16 x 200 run is in docs/PERFORMANCE.md; this checks the script itself on a small load."""
+    """The full 16 x 200 run with its burst is in docs/PERFORMANCE.md; this checks the script itself on a small load
+    (both kinds of client, a burst of two large uploads, the memory line)."""
     result = subprocess.run([sys.executable, "-m", "benchmarks.load_app", "--model", str(trained), "--clients", "3",
-                             "--requests", "4"], capture_output=True, text=True, timeout=300,
-                            cwd=Path(__file__).resolve().parents[1])
+                             "--requests", "4", "--burst", "2", "--burst-side", "2000"], capture_output=True,
+                            text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert "| 3 | 12 | 12 | 0 |" in result.stdout
+    assert "gradio_client, half REST | 3 | 12 | 12 | 0 |" in result.stdout
+    assert "2000x2000 PNG burst | 2 | 2 | 2 | 0 |" in result.stdout
+    assert re.search(r"server memory: \d+ MB at rest, peak \d+ MB", result.stdout)
