@@ -134,47 +134,54 @@ def train_one_epoch(epoch: int, state: TrainState, train_data: TensorSplit | Str
                     plan: Plan, accelerator: Accelerator, args, on_checkpoint) -> int:
     """Train `epoch` from where `state.progress` says it stands; `on_checkpoint()` is called when a checkpoint
     is due. The statistics in `state.progress.running` are sums over every process. -> the training size."""
-    model, optimizer, scheduler, progress = state.model, state.optimizer, state.scheduler, state.progress
-    world, device = accelerator.num_processes, accelerator.device
-    model.train()
-    batches = train_batches(len(train_data), plan.batch_size, args.seed, epoch, accelerator.process_index, world)
-    batches = batches[:plan.batches_per_epoch]
+    progress = state.progress
+    state.model.train()
+    batches = train_batches(len(train_data), plan.batch_size, args.seed, epoch, accelerator.process_index,
+                            accelerator.num_processes)[:plan.batches_per_epoch]
     img_size = progressive_img_size(epoch, args.epochs, args.min_img_size, args.img_size, args.resize_ramp)
     desc = f"epoch {epoch + 1}/{args.epochs}" + (f" at {img_size}px" if img_size != args.img_size else "")
-    bar = tqdm(total=len(batches), initial=progress.batches_done, desc=desc,
-               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    inputs = training_inputs(train_data, batches[progress.batches_done:], accelerator.device, args.data_workers)
     window = Window(time.perf_counter())
-    inputs = training_inputs(train_data, batches[progress.batches_done:], device, args.data_workers)
-    for batch_index, (images, y, failed) in enumerate(inputs, start=progress.batches_done):
-        window.failed += failed
-        x, targets = recipe(images, y, img_size)
-        with accelerator.accumulate(model):
-            logits = model(x)
-            loss = recipe.criterion(logits, targets)
-            accelerator.backward(loss)
-            if args.clip_grad and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), args.clip_grad)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        if accelerator.sync_gradients:
-            scheduler.step()
-            progress.optimizer_steps += 1
-        progress.batches_done = batch_index + 1
-        window.add(loss.detach(), (logits.argmax(-1) == y).sum(), len(y))
-        checkpoint_due = (isinstance(args.checkpoint_every, int) and accelerator.sync_gradients
-                          and progress.optimizer_steps % args.checkpoint_every == 0)
-        if len(window.losses) == WINDOW or batch_index == len(batches) - 1 or checkpoint_due:
-            losses = window.close(accelerator, state, epoch, batch_index, args)
-            bar.set_postfix(loss=f"{losses.mean().item():.3f}", lr=f"{lr:.2e}",
-                            img_s=f"{window.seen / window.elapsed:.0f}")
-            bar.update(len(losses))
-            accelerator.log({"train/loss": losses.mean().item(), "lr": lr}, step=progress.optimizer_steps)
-            window = Window(time.perf_counter())
-        if checkpoint_due:
-            on_checkpoint()
-    bar.close()
+    with tqdm(total=len(batches), initial=progress.batches_done, desc=desc,
+              disable=not accelerator.is_local_main_process, dynamic_ncols=True) as bar:
+        for batch_index, (images, y, failed) in enumerate(inputs, start=progress.batches_done):
+            window.failed += failed
+            lr = state.scheduler.get_last_lr()[0]
+            loss, logits = train_step(state, recipe, accelerator, images, y, img_size, args.clip_grad)
+            progress.batches_done = batch_index + 1
+            window.add(loss.detach(), (logits.argmax(-1) == y).sum(), len(y))
+            checkpoint_due = (isinstance(args.checkpoint_every, int) and accelerator.sync_gradients
+                              and progress.optimizer_steps % args.checkpoint_every == 0)
+            if len(window.losses) == WINDOW or batch_index == len(batches) - 1 or checkpoint_due:
+                losses = window.close(accelerator, state, epoch, batch_index, args)
+                bar.set_postfix(loss=f"{losses.mean().item():.3f}", lr=f"{lr:.2e}",
+                                img_s=f"{window.seen / window.elapsed:.0f}")
+                bar.update(len(losses))
+                accelerator.log({"train/loss": losses.mean().item(), "lr": lr}, step=progress.optimizer_steps)
+                window = Window(time.perf_counter())
+            if checkpoint_due:
+                on_checkpoint()
     return img_size
+
+
+def train_step(state: TrainState, recipe: Recipe, accelerator: Accelerator, images: torch.Tensor, y: torch.Tensor,
+               img_size: int, clip_grad: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward on one batch, and the optimizer and scheduler step when the accumulation cycle
+    ends. -> (loss, logits)"""
+    model, optimizer = state.model, state.optimizer
+    x, targets = recipe(images, y, img_size)
+    with accelerator.accumulate(model):
+        logits = model(x)
+        loss = recipe.criterion(logits, targets)
+        accelerator.backward(loss)
+        if clip_grad and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), clip_grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if accelerator.sync_gradients:
+        state.scheduler.step()
+        state.progress.optimizer_steps += 1
+    return loss, logits
 
 
 @dataclass
