@@ -1,27 +1,41 @@
-"""Two real CPU processes (torchrun, gloo): training completes and writes its folder once, and evaluation counts
-every sample exactly once and gives the same metrics as one process.
+"""Two real CPU processes (torchrun, gloo): a run writes its folder once and records that two processes ran;
+evaluation counts every sample once and equals one process; each process draws its own augmentation while
+the data order is shared; a run is reproducible and resumes bit-identically after kill -9; a failure on one
+process ends both promptly with one message.
 
 `accelerate launch --num_processes 2 --cpu` would start ONE process (accelerate's simple launcher), so these
 tests start torchrun with ACCELERATE_USE_CPU=1 and check from the run's own record that two processes ran."""
+from __future__ import annotations
+
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import datasets
+import psutil
 import pytest
+import torch
+from safetensors.torch import load_file
+
+from classifier.engine import train_batches
+
+from .conftest import CLASSES, make_examples
 
 ROOT = Path(__file__).resolve().parents[1]
+# one thread per process: the two processes share the machine's cores
+ENV = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", PYTHONPATH=str(ROOT))
+LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 def torchrun(num_processes: int, *command, timeout: float = 300) -> subprocess.CompletedProcess:
     """`command` (a script and its arguments) on `num_processes` CPU processes of one machine; 1: plain python."""
-    launcher = [sys.executable]
-    if num_processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(num_processes)]
-    # one thread per process: the processes share the machine's cores
-    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([*launcher, *map(str, command)], cwd=ROOT, env=env, capture_output=True, text=True,
+    launcher = LAUNCH if num_processes == 2 else [sys.executable]
+    return subprocess.run([*launcher, *map(str, command)], cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -30,25 +44,46 @@ def succeeded(result: subprocess.CompletedProcess) -> subprocess.CompletedProces
     return result
 
 
-def test_two_processes_train_and_count_each_sample_once(parquet_repo, tmp_path):
-    eval_batch_size = 16
-    out = tmp_path / "model"
-    # 60 test images are not a multiple of 2 processes x 16: the last batch is padded and must be dropped
-    result = succeeded(torchrun(
-        2, "train_accelerate.py", "--dataset", parquet_repo, "--output-dir", out, "--epochs", "1", "--img-size", "32",
-        "--batch-size", "16", "--eval-batch-size", eval_batch_size, "--no-pretrained", "--mixed-precision", "no"))
+def same_weights(a: Path, b: Path) -> None:
+    first, second = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+# every random part of the recipe on: each must draw per process and still reproduce
+RECIPE = ["--epochs", "2", "--img-size", "32", "--batch-size", "16", "--eval-batch-size", "16", "--no-pretrained",
+          "--mixed-precision", "no", "--augment", "strong", "--random-erase", "0.5", "--mixup", "0.2",
+          "--cutmix", "1.0", "--drop-rate", "0.2", "--samples-per-class", "2", "--data-workers", "1"]
+# 216 training images (240 less the carved validation split) / (2 x 16): 6 steps an epoch, 12 in all
+CHECKPOINTS = ["--checkpoint-every", "4", "--checkpoint-limit", "5"]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(parquet_repo, tmp_path_factory):
+    """(command arguments without --output-dir, the model folder, the launch's stdout)"""
+    args = ["train_accelerate.py", "--dataset", parquet_repo, *RECIPE, *CHECKPOINTS]
+    out = tmp_path_factory.mktemp("two_processes") / "model"
+    result = succeeded(torchrun(2, *args, "--output-dir", out))
+    return args, out, result.stdout
+
+
+def test_two_processes_train_and_count_each_sample_once(two_process_run, parquet_repo, tmp_path):
+    _, out, stdout = two_process_run
     record = json.loads((out / "training_args.json").read_text())
     assert (record["num_processes"], record["distributed_type"]) == (2, "MULTI_CPU")
-    assert result.stdout.count("Model folder:") == 1  # written by one process only
+    assert "Trained on 2 processes (accelerate MULTI_CPU)" in (out / "README.md").read_text()
+    assert stdout.count("Model folder:") == 1  # written by one process only
     assert {"config.json", "model.safetensors", "metrics.json", "README.md"} <= {p.name for p in out.iterdir()}
     metrics = json.loads((out / "metrics.json").read_text())
+    # 60 test images are not a multiple of 2 processes x 16: the last batch is padded and must be dropped
     assert metrics["final"]["num_samples"] == 60
     assert sum(metrics["final"]["per_class"]["support"]) == 60
 
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     script = Path("tests") / "distributed_eval.py"
-    succeeded(torchrun(1, script, out, parquet_repo, one, eval_batch_size))
-    succeeded(torchrun(2, script, out, parquet_repo, two, eval_batch_size))
+    succeeded(torchrun(1, script, out, parquet_repo, one, 16))
+    succeeded(torchrun(2, script, out, parquet_repo, two, 16))
     single, double = json.loads(one.read_text()), json.loads(two.read_text())
     assert (single["num_processes"], double["num_processes"]) == (1, 2)
     assert single["num_samples"] == double["num_samples"] == 60
@@ -56,3 +91,123 @@ def test_two_processes_train_and_count_each_sample_once(parquet_repo, tmp_path):
         assert single[key] == double[key], key
     assert single["roc_auc"] == pytest.approx(double["roc_auc"], abs=1e-6)
     assert single["loss"] == pytest.approx(double["loss"], rel=1e-5)
+
+
+def test_each_process_draws_its_own_augmentation_but_the_data_order_is_shared(parquet_repo, tmp_path):
+    """Also: the training statistics the loop logs are reduced over both processes."""
+    report = tmp_path / "draws.json"
+    succeeded(torchrun(2, Path("tests") / "distributed_augment.py", report, "--dataset", parquet_repo,
+                       "--output-dir", tmp_path / "unused", *RECIPE))
+    draws = json.loads(report.read_text())
+    assert draws["num_processes"] == 2
+    parts = {"shift_flip", "trivial_augment", "random_erase", "mixup_cutmix", "dropout"}
+    assert draws["differs"] == dict.fromkeys(parts, True)  # the same images, drawn differently per process
+    assert draws["repeatable"] == dict.fromkeys(parts, True)  # and the same again from the same seed
+    assert draws["first_batch_differs"]
+    assert draws["eval_outputs_equal"]  # one set of weights: dropout is what differed
+    # the data order is not drawn per process: both take disjoint slices of one permutation fixed by --seed
+    n, batch = draws["train_size"], draws["batch_size"]
+    rank0, rank1 = draws["epoch_0_batches"]
+    assert rank0 == [b.tolist() for b in train_batches(n, batch, 0, 0, 0, 2)]
+    assert rank1 == [b.tolist() for b in train_batches(n, batch, 0, 0, 1, 2)]
+    seen = [i for b in rank0 + rank1 for i in b]
+    assert len(seen) == len(set(seen)) == n // (2 * batch) * 2 * batch
+    # process r added a loss of r + 1, r + 3 correct of 10 + r images
+    assert draws["window"] == {"losses": [1.5], "running": {"loss": 1.5, "correct": 7, "seen": 21}}
+
+
+def test_a_two_process_run_is_reproducible(two_process_run, tmp_path):
+    args, out, _ = two_process_run
+    succeeded(torchrun(2, *args, "--output-dir", tmp_path / "again"))
+    same_weights(out, tmp_path / "again")
+
+
+def test_kill_9_of_two_processes_then_resume_latest_is_bit_identical(two_process_run, tmp_path):
+    args, uninterrupted, _ = two_process_run
+    out = tmp_path / "killed"
+    launcher = subprocess.Popen([*LAUNCH, *map(str, args), "--output-dir", str(out)], cwd=ROOT, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_00000008").exists():  # mid-epoch 2
+        assert launcher.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    # the workers run in sessions of their own: kill them and the launcher at once, as a crash would
+    processes = [psutil.Process(launcher.pid), *psutil.Process(launcher.pid).children(recursive=True)]
+    assert len(processes) >= 3
+    for process in processes:
+        process.send_signal(signal.SIGKILL)
+    psutil.wait_procs(processes, timeout=30)
+    assert not (out / "config.json").exists()
+
+    checkpoint = json.loads((out / "checkpoints" / "step_00000008" / "training_state.json").read_text())
+    assert checkpoint["num_processes"] == 2 and checkpoint["progress"]["batches_done"] == 2
+    result = succeeded(torchrun(2, *args, "--output-dir", out, "--resume", "latest"))
+    assert "Resumed from" in result.stdout
+    same_weights(uninterrupted, out)
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert json.loads((out / "training_args.json").read_text())["num_processes"] == 2
+    # one process cannot continue an epoch two processes shared out between them
+    refused = torchrun(1, *args, "--output-dir", out, "--resume", out / "checkpoints" / "step_00000008")
+    assert refused.returncode == 2 and "saved mid-epoch by 2 process(es)" in refused.stderr
+
+
+# -- a failure on one process ends both
+
+def png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# 64 training images, batches of 16 on 2 processes: row 40 is in process 1's first batch
+TRAIN_SIZE, BAD_ROW = 64, int(train_batches(64, 16, 0, 0, rank=1, world=2)[0][0])
+
+
+@pytest.fixture(scope="module")
+def broken_train_split(tmp_path_factory) -> Path:
+    """train / validation / test, where one training image is not an image."""
+    folder = tmp_path_factory.mktemp("broken")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    for split, per_class, seed in (("train", TRAIN_SIZE // 4, 7), ("validation", 3, 8), ("test", 3, 9)):
+        examples = make_examples(per_class, seed)
+        images = [{"bytes": png(image), "path": None} for image, _ in examples]
+        if split == "train":
+            images[BAD_ROW] = {"bytes": b"\x89PNG\r\n\x1a\n not really a png", "path": "broken.png"}
+        ds = datasets.Dataset.from_dict({"image": images, "label": [label for _, label in examples]},
+                                        features=features)
+        (folder / "data").mkdir(exist_ok=True)
+        ds.to_parquet(str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+    return folder
+
+
+def stops_together(dataset: Path, out: Path, *options: str) -> str:
+    """Run two processes that must fail; -> the one error line, once all assertions on how they stopped hold."""
+    started = time.time()
+    result = torchrun(2, "train_accelerate.py", "--dataset", dataset, "--output-dir", out, "--epochs", "1",
+                      "--img-size", "32", "--batch-size", "16", "--no-pretrained", "--data-workers", "1", *options,
+                      timeout=240)
+    output = result.stdout + result.stderr
+    assert time.time() - started < 180  # no process waited for a collective's timeout
+    assert result.returncode == 1, output[-3000:]  # torchrun's own status when a process fails
+    assert "exitcode  : 2" in result.stderr  # the processes' status: the 2 of a one-process run
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, output[-3000:]  # printed once, by the main process
+    assert output.count("Traceback") == 1 and "ChildFailedError" in output  # torchrun's report, none from a process
+    assert not (out / "config.json").exists()
+    return errors[0]
+
+
+def test_non_finite_loss_stops_both_processes(parquet_repo, tmp_path):
+    error = stops_together(parquet_repo, tmp_path / "out", "--lr", "nan")
+    assert "Loss became nan at epoch 1, batch 1" in error
+
+
+def test_undecodable_image_streamed_on_the_other_process_stops_both(broken_train_split, tmp_path):
+    error = stops_together(broken_train_split, tmp_path / "out", "--data-path", "stream")
+    assert f"decode train: row {BAD_ROW} (broken.png)" in error and "--skip-bad-images" in error
+
+
+def test_data_error_while_the_main_process_fills_the_cache_stops_both(broken_train_split, tmp_path):
+    error = stops_together(broken_train_split, tmp_path / "out", "--data-path", "memory")
+    assert f"decode train: row {BAD_ROW} (broken.png)" in error

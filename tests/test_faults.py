@@ -70,6 +70,25 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(parqu
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
+def test_a_checkpoint_missing_a_piece_names_it_on_resume(parquet_repo, tmp_path, capsys):
+    out = tmp_path / "model"
+    args = ["--dataset", parquet_repo, "--output-dir", out, "--epochs", "1", "--checkpoint-every", "3",
+            "--samples-per-class", "0", *FAST]
+    train(*args)
+    latest = sorted((out / "checkpoints").glob("step_*"))[-1]
+    # every piece is saved by name; none is pickled by position (accelerate's custom_checkpoint_N.pkl)
+    assert {p.name for p in latest.iterdir()} >= {"model.safetensors", "optimizer.bin", "random_states_0.pkl",
+                                                   "training_state.json"}
+    assert not list(latest.glob("custom_checkpoint_*"))
+    for piece, message in (("optimizer.bin", "optimizer.bin missing"),
+                           ("training_state.json", "training_state.json (progress and lr schedule) is missing")):
+        (latest / piece).unlink()
+        with pytest.raises(SystemExit) as exited:
+            train(*args, "--resume", "latest")
+        assert exited.value.code == 2
+        assert f"is not a complete checkpoint: {message}" in capsys.readouterr().err
+
+
 def test_unwritable_output_dir_fails_before_training(parquet_repo, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
