@@ -1,9 +1,11 @@
-"""Request monitoring: one structured log line per request, and running statistics for the stats view."""
+"""Request monitoring: one structured log line per request, running statistics, and the recent requests as a
+timeline for the Monitoring tab's plots."""
 from __future__ import annotations
 
 import json
 import logging
 import threading
+import time
 from collections import Counter, defaultdict, deque
 
 import numpy as np
@@ -15,6 +17,7 @@ class RequestMonitor:
     def __init__(self, window: int = 10_000):
         self._lock = threading.Lock()
         self._latencies = defaultdict(lambda: deque(maxlen=window))  # per endpoint, the newest `window` requests
+        self._recent = deque(maxlen=window)  # (time, endpoint, latency_ms, failed) of the newest requests
         self._counts = Counter()
         self._errors = Counter()
         self._classes = Counter()
@@ -29,6 +32,7 @@ class RequestMonitor:
         with self._lock:
             self._counts[endpoint] += 1
             self._latencies[endpoint].append(latency_ms)
+            self._recent.append((time.time(), endpoint, latency_ms, bool(error)))
             if error:
                 self._errors[endpoint] += 1
             elif top1 is not None:
@@ -44,3 +48,17 @@ class RequestMonitor:
                                    "latency_ms_p95": round(float(np.percentile(values, 95)), 2)}
             return {"requests": sum(self._counts.values()), "errors": sum(self._errors.values()),
                     "endpoints": endpoints, "top1_histogram": dict(self._classes.most_common())}
+
+    def timeline(self, bucket_s: int = 10, span_s: int = 1800) -> list[dict]:
+        """Per endpoint and `bucket_s`-second bucket of the last `span_s` seconds: requests, errors and median
+        latency. Buckets without requests are left out."""
+        now = time.time()
+        with self._lock:
+            recent = [r for r in self._recent if r[0] >= now - span_s]
+        buckets = defaultdict(list)
+        for t, endpoint, latency_ms, failed in recent:
+            buckets[(int(t // bucket_s) * bucket_s, endpoint)].append((latency_ms, failed))
+        return [{"time": start, "endpoint": endpoint, "requests": len(items),
+                 "errors": sum(failed for _, failed in items),
+                 "latency_ms_p50": float(np.median([latency for latency, _ in items]))}
+                for (start, endpoint), items in sorted(buckets.items())]

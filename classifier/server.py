@@ -6,19 +6,21 @@ error messages reach clients, and temporary files are deleted on a schedule.
 """
 from __future__ import annotations
 
-import time
-
 import gradio as gr
-from fastapi import FastAPI, File, Query, UploadFile
+from fastapi import FastAPI, File, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .images import BadImageError
 from .security import FRAME_ANCESTORS, BodySizeLimit, Busy, SecurityHeaders, start_janitor
-from .service import App
-from .ui import build_ui
+from .service import ENDPOINTS, App, ServiceError
+from .ui import CSS, build_ui
 
-CSS = "#gallery .thumbnail-item img {image-rendering: pixelated;}"  # CIFAR's 32 px samples stay crisp
+
+def error(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
+    """Every REST error has this one shape: {"error": message, ...}."""
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
 def create_app(app: App, notice: str = "", public_stats: bool = True, frame_ancestors: str = FRAME_ANCESTORS) -> FastAPI:
@@ -26,37 +28,43 @@ def create_app(app: App, notice: str = "", public_stats: bool = True, frame_ance
     api = FastAPI(title="Image classifier", description="POST /api/classify with an image file; GET /healthz.")
     in_flight = Busy(limits.rest_in_flight)
 
+    @api.exception_handler(ServiceError)
+    async def service_error(request, e: ServiceError):
+        return error(e.status, e.message, **({"models": list(app.predictors)} if e.status == 404 else {}))
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid_request(request, e: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, p['loc'][1:])) or 'request'}: {p['msg']}" for p in e.errors())
+        return error(422, f"Invalid request: {problems}.")
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(request, e: StarletteHTTPException):
+        return error(e.status_code, str(e.detail))
+
     @api.get("/healthz")
     def healthz():
         return {"status": "ok", "models": list(app.predictors), "notice": notice or None}
 
-    @api.post("/api/classify")
-    async def classify(file: UploadFile = File(...), top_k: int = Query(5, ge=1), model: str | None = None):
+    @api.post(ENDPOINTS["predict"].rest.split()[1])
+    async def classify(file: UploadFile = File(...), top_k: float = 5, model: str | None = None):
         if not in_flight.try_enter():
-            return JSONResponse({"error": "The server is busy; retry in a moment."}, status_code=503,
-                                headers={"Retry-After": "1"})
+            return error(503, "The server is busy; retry in a moment.", headers={"Retry-After": "1"})
         try:
-            return await _classify(file, top_k, model)
+            data = await file.read(limits.file_bytes + 1)
+            if len(data) > limits.file_bytes:
+                return error(413, f"Upload larger than {limits.file_bytes // 2**20} MB.")
+            top, inference_ms, size, predictor = await run_in_threadpool(
+                app.classify, data, f"The upload {file.filename!r}", top_k, model, "rest_classify")
         finally:
             in_flight.leave()
-
-    async def _classify(file: UploadFile, top_k: int, model: str | None):
-        start = time.perf_counter()
-        data = await file.read(limits.file_bytes + 1)
-        if len(data) > limits.file_bytes:
-            return JSONResponse({"error": f"Upload larger than {limits.file_bytes // 2**20} MB."}, status_code=413)
-        if model is not None and model not in app.predictors:
-            return JSONResponse({"error": f"Unknown model {model!r}.", "models": list(app.predictors)},
-                                status_code=404)
-        name = app.predictor(model).name
-        try:
-            top, inference_ms, size = await run_in_threadpool(app.classify_rest, data, file.filename, top_k, model)
-        except BadImageError as e:
-            app.monitor.record("rest_classify", 1000 * (time.perf_counter() - start), error=str(e), model=name)
-            return JSONResponse({"error": str(e)}, status_code=422)
-        app.monitor.record("rest_classify", 1000 * (time.perf_counter() - start), top[0][0], size, model=name)
-        return {"model": name, "predictions": [{"label": label, "probability": p} for label, p in top],
+        return {"model": predictor.name, "predictions": [{"label": label, "probability": p} for label, p in top],
                 "inference_ms": round(inference_ms, 2), "image_size": list(size)}
+
+    # the other REST routes: GET, query parameters = the App method's, the same result as the Gradio endpoint
+    for endpoint in ENDPOINTS.values():
+        if endpoint.rest and endpoint.rest.startswith("GET ") and (public_stats or endpoint.api_name != "stats"):
+            api.add_api_route(endpoint.rest.split()[1], getattr(app, endpoint.api_name), methods=["GET"],
+                              summary=endpoint.summary)
 
     demo = build_ui(app, notice, public_stats)
     # two workers suit a 2-core CPU Space: one request computes while the other uploads/decodes

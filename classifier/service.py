@@ -11,6 +11,7 @@ import shlex
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -22,6 +23,39 @@ from .report import CONFUSION_NAME, CURVES_NAME, METRIC_ROWS
 from .security import Limits, TempFolder, UploadError, csv_cell, public_name, uploaded_file
 
 ALL_CLASSES = "all classes"
+
+
+class ServiceError(gr.Error):
+    """A request the service refuses. The message is for the caller (Gradio shows it; REST sends it as
+    {"error": message}), `status` is its HTTP status on REST."""
+    status = 400
+
+
+class UnknownModel(ServiceError):
+    status = 404
+
+
+class BadUpload(ServiceError):
+    status = 422
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One action of the service: its Gradio API name and, where it has one, its REST route ("GET /api/..."),
+    declared once here so the two cannot drift. ui.py wires the Gradio events by `api_name`; server.py builds the
+    REST routes from `rest`; both call the App method of that name."""
+    api_name: str
+    rest: str | None
+    summary: str
+
+
+ENDPOINTS = {e.api_name: e for e in (
+    Endpoint("predict", "POST /api/classify", "one image -> top-k labels and probabilities"),
+    Endpoint("classify_batch", None, "many images -> a table and a CSV"),
+    Endpoint("samples", None, "a model's gallery images of one class (or all), captioned"),
+    Endpoint("model_info", "GET /api/model_info", "classes, input size, metrics, training command"),
+    Endpoint("stats", "GET /api/stats", "request counts, errors, latency, predicted-class histogram"),
+)}
 # the app refuses images above this many decoded pixels (8000x8000); a JPEG counts at the 1/2, 1/4 or 1/8 scale it
 # is decoded at, so large camera JPEGs still pass. The model sees at most a few hundred pixels a side.
 UPLOAD_MAX_PIXELS = 64_000_000
@@ -42,11 +76,19 @@ class App:
         self._decoders = ThreadPoolExecutor(limits.concurrent_decodes, thread_name_prefix="decode")
 
     def predictor(self, name: str | None) -> Predictor:
+        """The one place a model name is resolved, for every endpoint."""
         if not name:
             return next(iter(self.predictors.values()))
-        if name not in self.predictors:
-            raise gr.Error(f"Unknown model {name!r}; available: {', '.join(self.predictors)}.")
+        if not isinstance(name, str) or name not in self.predictors:
+            raise UnknownModel(f"Unknown model {str(name)[:100]!r}; available: {', '.join(self.predictors)}.")
         return self.predictors[name]
+
+    @staticmethod
+    def top_k(value) -> int:
+        """A top-k from a request: a whole number of at least 1 (larger ones are clamped to the classes)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+            raise ServiceError(f"top_k must be a whole number of at least 1, got {str(value)[:20]}.")
+        return int(value)
 
     def decode(self, data: bytes, name: str, predictor: Predictor):
         """An upload's bytes -> an RGB image reduced for `predictor`'s input size; raises BadImageError."""
@@ -65,26 +107,30 @@ class App:
         return files
 
     # -- classify
-    def classify(self, image_path: str | None, top_k: int = 5, model: str | None = None):
+    def predict(self, image_path: str | None, top_k: int = 5, model: str | None = None):
+        """The Classify tab and /predict: -> ({label: probability}, a one-line summary)."""
         if image_path is None:
-            raise gr.Error("Upload an image first.")
-        predictor = self.predictor(model)
-        start = time.perf_counter()
+            raise ServiceError("Upload an image first.")
         try:
             path = uploaded_file(image_path)
-            image = self.decode(path.read_bytes(), f"The upload {path.name!r}", predictor)
-            top, inference_ms, size = predictor.classify(image, top_k)
-        except (BadImageError, UploadError) as e:
-            self.monitor.record("predict", 1000 * (time.perf_counter() - start), error=str(e), model=predictor.name)
-            raise gr.Error(str(e)) from None
-        self.monitor.record("predict", 1000 * (time.perf_counter() - start), top[0][0], size, model=predictor.name)
+        except UploadError as e:
+            raise BadUpload(str(e)) from None
+        top, inference_ms, size, predictor = self.classify(path.read_bytes(), f"The upload {path.name!r}", top_k, model,
+                                                           "predict")
         return dict(top), summary(top, inference_ms, size, predictor)
 
-    def classify_rest(self, data: bytes, filename: str | None, top_k: int, model: str | None):
-        """The REST route's work (in a worker thread): -> (top-k, milliseconds, image size); raises BadImageError."""
-        predictor = self.predictor(model)
-        image = self.decode(data, f"The upload {filename!r}", predictor)
-        return predictor.classify(image, top_k)
+    def classify(self, data: bytes, name: str, top_k, model: str | None, endpoint: str):
+        """An upload's bytes -> (top-k, milliseconds, image size, predictor), recorded in the monitor under
+        `endpoint`; raises ServiceError. Gradio's /predict and REST's /api/classify both come here."""
+        predictor, k = self.predictor(model), self.top_k(top_k)
+        start = time.perf_counter()
+        try:
+            top, inference_ms, size = predictor.classify(self.decode(data, name, predictor), k)
+        except BadImageError as e:
+            self.monitor.record(endpoint, 1000 * (time.perf_counter() - start), error=str(e), model=predictor.name)
+            raise BadUpload(str(e)) from None
+        self.monitor.record(endpoint, 1000 * (time.perf_counter() - start), top[0][0], size, model=predictor.name)
+        return top, inference_ms, size, predictor
 
     # -- galleries
     def _predicted_samples(self, predictor: Predictor) -> list:
@@ -103,6 +149,9 @@ class App:
 
     def samples(self, class_name: str = ALL_CLASSES, model: str | None = None):
         predictor = self.predictor(model)
+        if class_name not in (ALL_CLASSES, None, "", *predictor.label_names):
+            raise ServiceError(f"{str(class_name)[:100]!r} is not a class of {predictor.name}; its classes are "
+                               f"{', '.join(predictor.label_names)} (or {ALL_CLASSES!r}).")
         start = time.perf_counter()
         items = self._gallery(predictor, class_name)
         self.monitor.record("samples", 1000 * (time.perf_counter() - start), model=predictor.name)
@@ -112,7 +161,7 @@ class App:
         # a click is a classification, not a gallery request: it must not count as one in the stats
         predictor = self.predictor(model)
         path, _ = self._gallery(predictor, class_name)[evt.index]
-        top, inference_ms, size = predictor.classify(open_rgb(path, fit=predictor.input_size), top_k)
+        top, inference_ms, size = predictor.classify(open_rgb(path, fit=predictor.input_size), self.top_k(top_k))
         self.monitor.record("predict", inference_ms, top[0][0], size, model=predictor.name)
         return dict(top), summary(top, inference_ms, size, predictor)
 
@@ -126,17 +175,17 @@ class App:
     # -- batch
     def classify_batch(self, files: list[str] | None, top_k: int = 5, model: str | None = None):
         if not files:
-            raise gr.Error("Choose one or more image files.")
+            raise ServiceError("Choose one or more image files.")
         limits = self.limits
         if len(files) > limits.batch_files:
-            raise gr.Error(f"{len(files)} files in one batch; at most {limits.batch_files} are classified per "
+            raise ServiceError(f"{len(files)} files in one batch; at most {limits.batch_files} are classified per "
                            "request. Send them in several batches.")
-        predictor = self.predictor(model)
+        predictor, k = self.predictor(model), self.top_k(top_k)
         start = time.perf_counter()
         try:
             paths = [uploaded_file(f) for f in files]
         except UploadError as e:
-            raise gr.Error(str(e)) from None
+            raise BadUpload(str(e)) from None
         # each image is reduced as soon as it is decoded, so the batch holds small images only
         images, rows, pixels = {}, [None] * len(paths), 0
         for i, path in enumerate(paths):
@@ -149,7 +198,7 @@ class App:
                 images[i] = self.decode(data, path.name, predictor)
             except BadImageError as e:
                 rows[i] = [path.name, "", None, f"error: {e}"]
-        tops = predictor.classify_many(list(images.values()), top_k)
+        tops = predictor.classify_many(list(images.values()), k)
         for i, top in zip(images, tops):
             rows[i] = [paths[i].name, top[0][0], round(top[0][1], 4), ", ".join(f"{label} {p:.3f}" for label, p in top)]
         csv_path = self.batch_folder.new("batch-") / "predictions.csv"

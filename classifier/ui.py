@@ -1,10 +1,20 @@
-"""The Gradio Blocks of the Space. Every action a user can take is also a named API endpoint."""
+"""The Gradio Blocks of the Space. Every action a user can take is also a named API endpoint (service.ENDPOINTS)."""
 from __future__ import annotations
 
 import gradio as gr
+import pandas as pd
 from gradio import image_utils
 
-from .service import ALL_CLASSES, App
+from .service import ALL_CLASSES, ENDPOINTS, App, ServiceError
+
+CSS = """
+#gallery .thumbnail-item img, #failures .thumbnail-item img {image-rendering: pixelated;}  /* 32 px samples stay crisp */
+#gallery .caption-label, #failures .caption-label {white-space: normal; max-width: 100%; opacity: .9;}  /* whole captions */
+#notice {background: var(--color-yellow-50, #fffbeb); border: 1px solid var(--color-yellow-300, #fcd34d);
+         border-radius: var(--radius-lg); padding: var(--spacing-md) var(--spacing-lg);}
+#about pre, #about code {white-space: pre-wrap; word-break: break-word;}  /* the training command wraps */
+"""
+MONITOR_EVERY_S = 5  # the Monitoring tab's plots refresh themselves this often
 
 
 class UploadedImage(gr.Image):
@@ -25,6 +35,25 @@ class UploadedImage(gr.Image):
         return payload.path
 
 
+def top_k_slider(classes: int, value: int) -> gr.Slider:
+    return gr.Slider(1, classes, value=min(value, classes), step=1, label="Top-k")
+
+
+def api_name(name: str) -> str:
+    assert name in ENDPOINTS, name  # every public endpoint is declared in service.ENDPOINTS
+    return name
+
+
+def json_endpoint(fn, name: str, output_label: str) -> None:
+    """An API-only endpoint (no component behind it) whose parameters are `fn`'s. gr.api calls its values "1st",
+    "2nd"...; the API page and clients get real names instead."""
+    gr.api(fn, api_name=api_name(name))
+    dependency = next(d for d in gr.context.get_blocks_context().fns.values() if d.api_name == name)
+    for component, (parameter, *_) in zip(dependency.inputs, gr.utils.get_function_params(fn)):
+        component.label = parameter
+    dependency.outputs[0].label = output_label
+
+
 def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks:
     names = list(app.predictors)
     first = app.predictors[names[0]]
@@ -40,66 +69,106 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
         with gr.Tab("Classify"):
             with gr.Row():
                 with gr.Column():
-                    image = UploadedImage(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image")
-                    top_k = gr.Slider(1, len(first.label_names), value=min(5, len(first.label_names)), step=1,
-                                      label="Top-k")
+                    # a fixed height: a 32x32 upload must not shrink the box to 32 px
+                    image = UploadedImage(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image",
+                                          height=320)
+                    top_k = top_k_slider(len(first.label_names), 5)
                     button = gr.Button("Classify", variant="primary")
                 with gr.Column():
                     label = gr.Label(label="Prediction", elem_id="prediction")
-                    info = gr.Markdown()
-            button.click(app.classify, [image, top_k, model], [label, info], api_name="predict")
-            image.upload(app.classify, [image, top_k, model], [label, info], api_visibility="private")
+                    info = gr.Markdown(label="Summary", elem_id="summary")
+            cleared = (None, "")  # an error must not leave the previous image's answer on screen
+            button.click(lambda: cleared, None, [label, info], queue=False, api_visibility="private").then(
+                app.predict, [image, top_k, model], [label, info], api_name=api_name("predict"))
+            image.upload(lambda: cleared, None, [label, info], queue=False, api_visibility="private").then(
+                app.predict, [image, top_k, model], [label, info], api_visibility="private")
+            image.clear(lambda: cleared, None, [label, info], queue=False, api_visibility="private")
 
         with gr.Tab("Gallery"):
             gr.Markdown("Test images drawn at random (fixed seed) from the model's dataset. Click one to classify it.")
             with gr.Row():
-                class_filter = gr.Dropdown([ALL_CLASSES, *first.label_names], value=ALL_CLASSES, label="Class")
-                gallery_k = gr.Slider(1, len(first.label_names), value=min(3, len(first.label_names)), step=1,
-                                      label="Top-k")
+                # any model's classes are accepted through the API; the service says when one is not the model's
+                class_filter = gr.Dropdown([ALL_CLASSES, *first.label_names], value=ALL_CLASSES, label="Class",
+                                           allow_custom_value=True)
+                gallery_k = top_k_slider(len(first.label_names), 3)
             with gr.Row():
-                gallery = gr.Gallery(label="Samples", columns=6, height="auto", elem_id="gallery", scale=3)
+                gallery = gr.Gallery(label="Samples", columns=5, height="auto", elem_id="gallery", scale=3)
                 with gr.Column(scale=1):
                     gallery_label = gr.Label(label="Prediction for the clicked image", elem_id="gallery-prediction")
-                    gallery_info = gr.Markdown()
-            class_filter.change(app.samples, [class_filter, model], gallery, api_name="samples")
+                    gallery_info = gr.Markdown(label="Summary")
+            class_filter.change(app.samples, [class_filter, model], gallery, api_name=api_name("samples"))
             gallery.select(app.classify_sample, [class_filter, gallery_k, model], [gallery_label, gallery_info],
                            api_visibility="private")
 
         with gr.Tab("Where it fails"):
-            failures = gr.Gallery(label="Misclassified test images (true class · top-3)", columns=6, height="auto")
+            failures = gr.Gallery(label="Misclassified test images (true class · top-3)", columns=5, height="auto",
+                                  elem_id="failures")
             with gr.Row():
                 confusion = gr.Image(label="Confusion matrix", type="filepath", interactive=False)
                 curves = gr.Image(label="Training curves", type="filepath", interactive=False)
 
         with gr.Tab("Batch"):
             files = gr.File(file_count="multiple", label="Images")
-            batch_k = gr.Slider(1, len(first.label_names), value=min(3, len(first.label_names)), step=1,
-                                label="Top-k")
+            batch_k = top_k_slider(len(first.label_names), 3)
             batch_button = gr.Button("Classify all", variant="primary")
             table = gr.Dataframe(headers=["file", "top1", "confidence", "top_k"], label="Predictions")
             csv_file = gr.File(label="CSV")
             batch_button.click(app.classify_batch, [files, batch_k, model], [table, csv_file],
-                               api_name="classify_batch")
+                               api_name=api_name("classify_batch"))
 
         with gr.Tab("About the model"):
-            about = gr.Markdown(app.about_markdown(names[0]))
-            info_json = gr.JSON(visible=False)
-            gr.Button("Model info as JSON", visible=False).click(app.model_info, model, info_json,
-                                                                 api_name="model_info")
+            about = gr.Markdown(app.about_markdown(names[0]), elem_id="about")
+        json_endpoint(app.model_info, "model_info", "Model info")
 
         if public_stats:
             with gr.Tab("Monitoring"):
-                stats = gr.JSON(label="Requests since start")
-                gr.Button("Refresh").click(app.stats, None, stats, api_name="stats")
+                gr.Markdown(f"Requests since the server started (the last 30 minutes, in 10-second steps; refreshed "
+                            f"every {MONITOR_EVERY_S} s).")
+                with gr.Row():
+                    requests_plot = gr.LinePlot(x="time", y="requests", color="endpoint", x_title="time",
+                                                y_title="requests per 10 s", label="Requests", height=260)
+                    latency_plot = gr.LinePlot(x="time", y="latency_ms_p50", color="endpoint", x_title="time",
+                                               y_title="median latency (ms)", label="Latency", height=260)
+                with gr.Row():
+                    classes_plot = gr.BarPlot(x="class", y="predictions", label="Predicted classes", height=260)
+                    errors = gr.Markdown(label="Errors")
+                plots = [requests_plot, latency_plot, classes_plot, errors]
+                timer = gr.Timer(MONITOR_EVERY_S)
+                timer.tick(lambda: monitoring_plots(app), None, plots, queue=False, api_visibility="private")
+                demo.load(lambda: monitoring_plots(app), None, plots, queue=False, api_visibility="private")
+            json_endpoint(app.stats, "stats", "Statistics")
 
-        def show_model(name):
+        def show_model(name, image_path, k_classify, k_gallery, k_batch):
+            """A new model: its classes, galleries and card; the sliders keep their values (within its classes); the
+            current upload is classified again by it, and answers of the previous model are cleared."""
             p = app.predictor(name)
-            k = len(p.label_names)
-            sliders = [gr.Slider(maximum=k, value=min(v, k)) for v in (5, 3, 3)]
+            classes = len(p.label_names)
+            sliders = [top_k_slider(classes, int(k)) for k in (k_classify, k_gallery, k_batch)]
+            prediction = (None, "")
+            if image_path:
+                try:
+                    prediction = app.predict(image_path, min(int(k_classify), classes), name)
+                except ServiceError:
+                    pass
             return (gr.Dropdown(choices=[ALL_CLASSES, *p.label_names], value=ALL_CLASSES), *sliders,
-                    app.samples(ALL_CLASSES, name), *app.failures(name), app.about_markdown(name))
+                    app.samples(ALL_CLASSES, name), *app.failures(name), app.about_markdown(name), *prediction,
+                    None, "", None, None)
 
-        outputs = [class_filter, top_k, gallery_k, batch_k, gallery, failures, confusion, curves, about]
-        model.change(show_model, model, outputs, api_visibility="private")
-        demo.load(show_model, model, outputs, api_visibility="private")
+        outputs = [class_filter, top_k, gallery_k, batch_k, gallery, failures, confusion, curves, about, label, info,
+                   gallery_label, gallery_info, table, csv_file]
+        inputs = [model, image, top_k, gallery_k, batch_k]
+        model.change(show_model, inputs, outputs, api_visibility="private")
+        demo.load(show_model, inputs, outputs, api_visibility="private")
     return demo
+
+
+def monitoring_plots(app: App):
+    timeline = pd.DataFrame(app.monitor.timeline(), columns=["time", "endpoint", "requests", "errors",
+                                                             "latency_ms_p50"])
+    timeline["time"] = pd.to_datetime(timeline["time"], unit="s")
+    stats = app.stats()
+    classes = pd.DataFrame(list(stats["top1_histogram"].items()), columns=["class", "predictions"])
+    per_endpoint = ", ".join(f"{name} {e['errors']}" for name, e in stats["endpoints"].items() if e["errors"])
+    errors = (f"**Errors: {stats['errors']}** of {stats['requests']} requests" +
+              (f" ({per_endpoint})" if per_endpoint else ""))
+    return timeline, timeline, classes, errors

@@ -109,7 +109,7 @@ def test_the_service_itself_refuses_server_paths(trained, tmp_path):
         for target in ("/etc/passwd", "/dev/zero", str(trained / "model.safetensors"), str(link),
                        str(Path(get_upload_folder()) / ".." / "x")):
             with pytest.raises(gr.Error, match="does not name a file uploaded"):
-                app.classify(target, 3)
+                app.predict(target, 3)
             with pytest.raises(gr.Error, match="does not name a file uploaded"):
                 app.classify_batch([target], 3)
             with pytest.raises(ValueError):
