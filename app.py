@@ -18,7 +18,7 @@ from classifier.security import FRAME_ANCESTORS
 from classifier.service import App
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--model", default=os.environ.get("MODEL_ID"), help="Hub model id or local folder (env MODEL_ID)")
+parser.add_argument("--model", help="Hub model id or local folder; the app exits if it cannot be loaded")
 parser.add_argument("--revision", default=os.environ.get("MODEL_REVISION"), help="Hub revision (env MODEL_REVISION)")
 parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
 parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", 7860))))
@@ -31,7 +31,9 @@ if __name__ == "__main__":
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        predictors, notice = load_predictors(args.model, args.revision)
+        # an explicit --model must load; MODEL_ID (a Space's setting) falls back to the bundled models with a notice
+        predictors, notice = load_predictors(args.model or os.environ.get("MODEL_ID"), args.revision,
+                                             fallback=args.model is None)
     except ModelSourceError as e:
         raise SystemExit(f"error: {e}")
     app = create_app(App(predictors, RequestMonitor()), notice, public_stats=not args.private_stats,

@@ -141,14 +141,19 @@ def download(repo_id: str, revision: str | None = None, token: str | bool | None
 
 def load(source: str | Path, revision: str | None = None, token: str | bool | None = None) -> LoadedModel:
     """A local folder, or a Hub model id (downloaded and cached by huggingface_hub)."""
-    if Path(source).expanduser().is_dir():
-        return load_folder(Path(source).expanduser())
-    if Path(source).expanduser().exists() or str(source).startswith((".", "/", "~")):
-        raise ModelSourceError(f"{source} is not a model folder.")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return load_folder(path)
+    if path.exists():
+        raise ModelSourceError(f"{source} is a file, not a model folder.")
+    # "runs/x" could be either; it is a path when its first part exists here (a Hub id has exactly one "/")
+    if str(source).startswith((".", "/", "~")) or str(source).count("/") != 1 or Path(path.parts[0]).is_dir():
+        raise ModelSourceError(f"{source}: no such model folder.")
     try:
         folder = download(str(source), revision=revision, token=token)
     except Exception as e:
-        raise ModelSourceError(f"Cannot download {source!r} from the Hub: {type(e).__name__}: {e}") from e
+        raise ModelSourceError(f"Cannot download {source!r} from the Hub ({type(e).__name__}: {e}). If it is a local "
+                               "folder, it does not exist here.") from e
     return load_folder(folder)
 
 

@@ -172,16 +172,18 @@ def bundled_model_folders() -> list[Path]:
     return sorted(p.parent for p in BUNDLED_MODELS.glob("*/config.json"))
 
 
-def load_predictors(source: str | None = None, revision: str | None = None) -> tuple[dict[str, Predictor], str]:
+def load_predictors(source: str | None = None, revision: str | None = None,
+                    fallback: bool = False) -> tuple[dict[str, Predictor], str]:
     """The models the app serves, and a notice for the UI.
 
-    `source` (a Hub id or a folder) comes first; the bundled models follow. If `source` cannot be
-    loaded (Hub unreachable, bad folder) the app still starts with the bundled models and says why.
+    `source` (a Hub id or a folder) comes first; the bundled models follow. A `source` that cannot be loaded raises
+    ModelSourceError, unless `fallback` (MODEL_ID on a Space: a visitor should see the bundled models rather than
+    a dead Space), where the app starts with the bundled models and the notice says so.
     """
-    return on_torch_thread(_load_predictors, source, revision)
+    return on_torch_thread(_load_predictors, source, revision, fallback)
 
 
-def _load_predictors(source: str | None, revision: str | None) -> tuple[dict[str, Predictor], str]:
+def _load_predictors(source: str | None, revision: str | None, fallback: bool) -> tuple[dict[str, Predictor], str]:
     predictors: dict[str, Predictor] = {}
     notice = ""
     if source:
@@ -189,6 +191,8 @@ def _load_predictors(source: str | None, revision: str | None) -> tuple[dict[str
         try:
             predictors[name] = Predictor(load(source, revision=revision, token=os.environ.get("HF_TOKEN")), name)
         except ModelSourceError as e:
+            if not fallback:
+                raise
             log.warning("Could not load %s: %s", source, e)
             notice = f"Could not load the model {name!r} (the server log says why). Showing the bundled model(s) instead."
     for folder in bundled_model_folders():

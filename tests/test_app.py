@@ -152,9 +152,25 @@ def test_unreachable_hub_model_falls_back_to_the_bundled_one(trained, tmp_path, 
     shutil.copytree(trained, bundled / "blobs")
     monkeypatch.setattr(predict, "BUNDLED_MODELS", bundled)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    predictors, notice = predict.load_predictors("someone/not-cached-anywhere")
+    predictors, notice = predict.load_predictors("someone/not-cached-anywhere", fallback=True)
     assert list(predictors) == ["blobs"]
     assert "someone/not-cached-anywhere" in notice and "bundled" in notice
+
+
+@pytest.mark.parametrize("model, message", [
+    ("runs/no-such-run", "runs/no-such-run: no such model folder"),  # `runs` exists: a path, not a Hub id
+    ("./no-such-folder", "no-such-folder: no such model folder"),
+    ("someone/not-cached-anywhere", "Cannot download 'someone/not-cached-anywhere' from the Hub"),
+])
+def test_an_explicit_model_that_cannot_be_loaded_stops_the_app(model, message, tmp_path):
+    """`--model` says what to serve: if it cannot be loaded the app exits with the reason, never quietly serving
+    the bundled models instead."""
+    root = Path(__file__).resolve().parents[1]
+    (root / "runs").mkdir(exist_ok=True)
+    result = subprocess.run([sys.executable, "app.py", "--model", model, "--port", "1"], cwd=root, capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
 
 
 def same_predictions(a, b) -> bool:
@@ -260,3 +276,43 @@ def test_load_script_runs_and_reports(trained):
     assert "gradio_client, half REST | 3 | 12 | 12 | 0 |" in result.stdout
     assert "2000x2000 PNG burst | 2 | 2 | 2 | 0 |" in result.stdout
     assert re.search(r"server memory: \d+ MB at rest, peak \d+ MB", result.stdout)
+
+
+def test_every_endpoint_is_declared_once_and_served_by_both_gradio_and_rest(client, server):
+    """service.ENDPOINTS is the one list: each entry is a Gradio endpoint, each with a REST route answers there
+    with the same result; nothing else is public."""
+    from classifier.service import ENDPOINTS
+
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(api) == {f"/{name}" for name in ENDPOINTS}
+    for name, info in api.items():  # every value in and out has a real name, none of Gradio's `value_12`
+        for value in info["parameters"] + info["returns"]:
+            assert value["label"] and not re.fullmatch(r"value_\d+|\d+(st|nd|rd|th)", value["label"]), (name, value)
+    base = server[0].rstrip("/")
+    assert httpx.get(f"{base}/api/model_info").json() == client.predict(api_name="/model_info")
+    assert set(httpx.get(f"{base}/api/stats").json()) == set(client.predict(api_name="/stats"))
+
+
+def test_an_unknown_model_and_a_bad_top_k_get_the_same_answer_everywhere(client, server, corpus):
+    base = server[0].rstrip("/")
+    with pytest.raises(Exception, match="Unknown model 'nope'"):
+        client.predict(model="nope", api_name="/model_info")
+    response = httpx.get(f"{base}/api/model_info", params={"model": "nope"})
+    assert response.status_code == 404 and response.json()["error"].startswith("Unknown model 'nope'")
+    with pytest.raises(Exception, match="top_k must be a whole number"):
+        client.predict(handle_file(str(corpus / "rgba.png")), 2.5, api_name="/predict")
+    with open(corpus / "rgba.png", "rb") as f:
+        response = httpx.post(f"{base}/api/classify", params={"top_k": 2.5}, files={"file": ("a.png", f, "image/png")})
+    assert response.status_code == 400 and "top_k must be a whole number" in response.json()["error"]
+    with open(corpus / "rgba.png", "rb") as f:
+        response = httpx.post(f"{base}/api/classify", params={"top_k": "many"}, files={"file": ("a.png", f)})
+    assert response.status_code == 422 and set(response.json()) == {"error"}  # FastAPI's own errors, same shape
+
+
+def test_samples_take_each_models_own_classes(client):
+    """The bundled Intel model is served beside the test model: its classes are accepted for it, and a class it
+    does not have is an error, not an empty gallery."""
+    forest = client.predict("forest", "intel-resnet18", api_name="/samples")
+    assert forest and all(item["caption"].startswith("true: forest · ") for item in forest)
+    with pytest.raises(Exception, match="'cat' is not a class of intel-resnet18"):
+        client.predict("cat", "intel-resnet18", api_name="/samples")
