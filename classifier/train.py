@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -345,6 +346,10 @@ def stop(error: Exception, args) -> None:
             state.wait_for_everyone()
         except RuntimeError:  # another process is already gone
             pass
+        # leave at once, all together: the launcher stops the remaining processes as soon as one has exited,
+        # and an interpreter's shutdown would give it time to catch the others before they exit with 2
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(2)
     sys.exit(2)
 
 

@@ -190,7 +190,7 @@ def stops_together(dataset: Path, out: Path, *options: str) -> str:
     output = result.stdout + result.stderr
     assert time.time() - started < 180  # no process waited for a collective's timeout
     assert result.returncode == 1, output[-3000:]  # torchrun's own status when a process fails
-    assert "exitcode  : 2" in result.stderr  # the processes' status: the 2 of a one-process run
+    assert result.stderr.count("exitcode  : 2") == 2  # each process's status: the 2 of a one-process run
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, output[-3000:]  # printed once, by the main process
     assert output.count("Traceback") == 1 and "ChildFailedError" in output  # torchrun's report, none from a process
