@@ -219,7 +219,8 @@ def run(args) -> dict:
     training = build_training(args, accelerator, data)
     state, plan = training.state, training.plan
     if args.resume:
-        checkpoint = find_checkpoint(output_dir, args.resume)
+        with together(accelerator):
+            checkpoint = find_checkpoint(output_dir, args.resume)
         load_checkpoint(accelerator, state, checkpoint, args.lr)
         accelerator.print(f"Resumed from {checkpoint} (epoch {state.progress.epoch + 1}, "
                           f"batch {state.progress.batches_done}).")
