@@ -35,8 +35,8 @@ class UploadedImage(gr.Image):
         return payload.path
 
 
-def top_k_slider(classes: int, value: int) -> gr.Slider:
-    return gr.Slider(1, classes, value=min(value, classes), step=1, label="Top-k")
+def top_k_slider(classes: int, value: int, **options) -> gr.Slider:
+    return gr.Slider(1, classes, value=min(value, classes), step=1, label="Top-k", **options)
 
 
 def api_name(name: str) -> str:
@@ -64,15 +64,16 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                     "also an API endpoint (see *Use via API* at the bottom).")
         if notice:
             gr.Markdown(f"⚠️ {notice}", elem_id="notice")
-        model = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1, interactive=True)
+        model = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1, interactive=True,
+                            elem_id="model")
 
         with gr.Tab("Classify"):
             with gr.Row():
                 with gr.Column():
                     # a fixed height: a 32x32 upload must not shrink the box to 32 px
                     image = UploadedImage(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image",
-                                          height=320)
-                    top_k = top_k_slider(len(first.label_names), 5)
+                                          height=320, elem_id="upload")
+                    top_k = top_k_slider(len(first.label_names), 5, elem_id="top-k")
                     button = gr.Button("Classify", variant="primary")
                 with gr.Column():
                     label = gr.Label(label="Prediction", elem_id="prediction")

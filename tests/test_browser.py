@@ -1,6 +1,7 @@
 """A real browser (Debian's headless Chromium driven by Playwright) uses the app like a person would."""
 import os
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,75 @@ def test_upload_shows_top_k_and_gallery_click_classifies(page, tmp_path):
     thumbnails.first.click()
     expect(page.locator("#gallery-prediction")).to_contain_text("%", timeout=30_000)
     page.screenshot(path=str(shots / "screenshot-gallery.png"), full_page=True)
+
+
+def test_switching_the_model_reclassifies_the_upload_and_keeps_top_k(page, tmp_path):
+    """The answer on screen is always the selected model's: a switch runs the current image again on the new model
+    (with the same top-k), and clears what the old model said in the gallery."""
+    page.get_by_role("tab", name="Classify").click()
+    image = tmp_path / "tiny.png"
+    shape_image("red", random.Random(4), size=32).save(image)
+    page.locator("#upload input[type=file]").set_input_files(str(image))
+    expect(page.locator("#summary")).to_contain_text("model model (", timeout=30_000)
+    # a 32x32 upload keeps the box at its full height
+    assert page.locator("#upload").bounding_box()["height"] >= 300
+    top_k = page.locator("#top-k input[type=number]")
+    top_k.fill("2")
+    top_k.press("Enter")
+    page.locator("#model input").click()
+    page.get_by_role("option", name="intel-resnet18").click()
+    expect(page.locator("#summary")).to_contain_text("model intel-resnet18 (", timeout=30_000)
+    expect(page.locator("#prediction")).to_contain_text(
+        re.compile("buildings|forest|glacier|mountain|sea|street"), timeout=30_000)
+    assert top_k.input_value() == "2"
+    assert page.locator("#prediction .confidence-set, #prediction [data-testid=label-output-value] ~ *").count() <= 3
+    page.locator("#model input").click()
+    page.get_by_role("option", name="model", exact=True).click()
+    expect(page.locator("#summary")).to_contain_text("model model (", timeout=30_000)
+
+
+def test_an_error_clears_the_previous_answer(page, tmp_path):
+    page.get_by_role("tab", name="Classify").click()
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    shape_image("blue", random.Random(8), size=64).save(good)
+    bad.write_text("not an image")
+    page.locator("#upload input[type=file]").set_input_files(str(good))
+    expect(page.locator("#summary")).to_contain_text("inference", timeout=30_000)
+    page.locator("#upload button[aria-label='Remove Image']").click()
+    expect(page.locator("#summary")).not_to_contain_text("inference", timeout=10_000)
+    page.locator("#upload input[type=file]").set_input_files(str(bad))
+    expect(page.get_by_text("not an image format").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#summary")).not_to_contain_text("inference")
+
+
+def test_gallery_captions_are_whole_and_the_command_wraps(page):
+    page.get_by_role("tab", name="Gallery").click()
+    caption = page.locator("#gallery .caption-label").first
+    expect(caption).to_be_visible(timeout=30_000)
+    fits = caption.evaluate("e => getComputedStyle(e).whiteSpace !== 'nowrap' && e.scrollWidth <= e.clientWidth + 1")
+    assert fits, caption.inner_text()
+    page.get_by_role("tab", name="About the model").click()
+    command = page.locator("#about pre").first
+    expect(command).to_be_visible(timeout=10_000)
+    assert command.evaluate("e => getComputedStyle(e).whiteSpace") == "pre-wrap"
+    assert command.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+
+
+def test_the_notice_stands_out(page, trained):
+    from classifier.monitor import RequestMonitor
+    from classifier.predict import load_predictors
+    from classifier.server import create_app
+    from classifier.service import App
+
+    from .conftest import serve
+
+    app = create_app(App(load_predictors(str(trained))[0], RequestMonitor()),
+                     notice="Could not load the model 'me/gone'. Showing the bundled model(s) instead.")
+    with serve(app) as url:
+        other = page.context.browser.new_page()
+        other.goto(url)
+        notice = other.locator("#notice")
+        expect(notice).to_contain_text("me/gone", timeout=30_000)
+        style = notice.evaluate("e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).borderTopStyle]")
+        other.close()
+    assert style[0] not in ("rgba(0, 0, 0, 0)", "transparent") and style[1] == "solid", style
