@@ -116,9 +116,13 @@ class Recipe:
         return cls(augment, mixup, criterion)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, img_size: int):
-        """-> (augmented inputs, targets: the labels, or their mixed soft version)"""
+        """-> (augmented inputs, targets: the labels or their mixed soft version, the labels of the inputs)"""
         x = self.augment(images, img_size)
-        return self.mixup(x, labels) if self.mixup is not None else (x, labels)
+        if self.mixup is None:
+            return x, labels, labels
+        if len(x) % 2:  # timm's Mixup pairs the images; a streamed batch that lost an undecodable one drops one more
+            x, labels = x[:-1], labels[:-1]
+        return *self.mixup(x, labels), labels
 
 
 @dataclass
@@ -147,7 +151,7 @@ def train_one_epoch(epoch: int, state: TrainState, train_data: TensorSplit | Str
         for batch_index, (images, y, failed) in enumerate(inputs, start=progress.batches_done):
             window.failed += failed
             lr = state.scheduler.get_last_lr()[0]
-            loss, logits = train_step(state, recipe, accelerator, images, y, img_size, args.clip_grad)
+            loss, logits, y = train_step(state, recipe, accelerator, images, y, img_size, args.clip_grad)
             progress.batches_done = batch_index + 1
             window.add(loss.detach(), (logits.argmax(-1) == y).sum(), len(y))
             checkpoint_due = (isinstance(args.checkpoint_every, int) and accelerator.sync_gradients
@@ -165,11 +169,11 @@ def train_one_epoch(epoch: int, state: TrainState, train_data: TensorSplit | Str
 
 
 def train_step(state: TrainState, recipe: Recipe, accelerator: Accelerator, images: torch.Tensor, y: torch.Tensor,
-               img_size: int, clip_grad: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+               img_size: int, clip_grad: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward and backward on one batch, and the optimizer and scheduler step when the accumulation cycle
-    ends. -> (loss, logits)"""
+    ends. -> (loss, logits, the labels of the images trained on)"""
     model, optimizer = state.model, state.optimizer
-    x, targets = recipe(images, y, img_size)
+    x, targets, y = recipe(images, y, img_size)
     with accelerator.accumulate(model):
         logits = model(x)
         loss = recipe.criterion(logits, targets)
@@ -181,7 +185,7 @@ def train_step(state: TrainState, recipe: Recipe, accelerator: Accelerator, imag
     if accelerator.sync_gradients:
         state.scheduler.step()
         state.progress.optimizer_steps += 1
-    return loss, logits
+    return loss, logits, y
 
 
 @dataclass

@@ -27,7 +27,7 @@ rank, world, batch = accelerator.process_index, accelerator.num_processes, train
 index = train_batches(len(data.train), batch, args.seed, 0, 0, world)[0]
 images, labels = data.train.images[index], data.train.labels[index]
 recipe, model = training.recipe, accelerator.unwrap_model(training.state.model)
-first_batch, _ = recipe(images, labels, args.img_size)  # the RNG is where the training loop's first step finds it
+first_batch, _, _ = recipe(images, labels, args.img_size)  # the RNG is where the training loop's first step finds it
 
 x = BatchAugment("none", args.img_size, training.mean, training.std)(images)  # no random draw: the same everywhere
 shift_flip = BatchAugment("basic", args.img_size, training.mean, training.std)

@@ -21,7 +21,7 @@ from classifier.augment import BatchAugment
 from classifier.data import DataError, load_splits
 from classifier.model import load_folder
 from classifier.options import parse_args
-from classifier.engine import progressive_img_size
+from classifier.engine import Recipe, progressive_img_size
 
 from .conftest import CLASSES, FAST, make_examples, reset_accelerate_state, train, write_parquet_repo
 
@@ -207,6 +207,15 @@ def test_random_erase_hides_one_box_per_image_and_nothing_else():
         box = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
         assert box.float().mean() > 0.99  # one solid rectangle, nothing outside it
         assert 0.02 * 64 * 64 * 0.9 <= box.numel() <= 64 * 64 / 3 * 1.1  # timm's 2-33 % of the image
+
+
+def test_mixup_takes_a_batch_that_lost_an_image():
+    """A streamed batch without its undecodable images may be odd-sized; timm's Mixup pairs images."""
+    args = parse_args(["--dataset", "cifar10", "--mixup", "0.2", "--cutmix", "1.0", "--img-size", "32"])
+    recipe = Recipe.from_args(args, 4, (0.5,) * 3, (0.25,) * 3, "cpu")
+    x, targets, labels = recipe(torch.randint(0, 256, (15, 3, 32, 32), dtype=torch.uint8), torch.arange(15) % 4, 32)
+    assert x.shape[0] == targets.shape[0] == len(labels) == 14 and targets.shape[1] == 4
+    assert torch.equal(labels, torch.arange(14) % 4)
 
 
 def test_random_erase_without_augmentation_is_refused(tmp_path):
