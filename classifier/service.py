@@ -143,7 +143,7 @@ class App:
             return self._sample_predictions[predictor.name]
 
     def _gallery(self, predictor: Predictor, class_name: str) -> list[tuple[str, str]]:
-        return [(str(sample.path), f"true: {sample.label} · predicted: {top[0][0]} ({100 * top[0][1]:.0f} %)")
+        return [(str(sample.path), caption(sample.label, top))
                 for sample, top in self._predicted_samples(predictor)
                 if sample.kind == "gallery" and class_name in (ALL_CLASSES, None, "", sample.label)]
 
@@ -241,6 +241,12 @@ class App:
 
     def stats(self) -> dict:
         return self.monitor.stats()
+
+
+def caption(true_label: str, top) -> str:
+    """A gallery caption short enough to read whole on a thumbnail: "✓ cat 92 %", or "✗ cat → dog 54 %"."""
+    predicted, p = top[0]
+    return f"✓ {true_label} {100 * p:.0f} %" if predicted == true_label else f"✗ {true_label} → {predicted} {100 * p:.0f} %"
 
 
 def summary(top, inference_ms: float, size, predictor: Predictor) -> str:

@@ -9,6 +9,7 @@ from .service import ALL_CLASSES, ENDPOINTS, App, ServiceError
 
 CSS = """
 #gallery .thumbnail-item img, #failures .thumbnail-item img {image-rendering: pixelated;}  /* 32 px samples stay crisp */
+#upload img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;}  /* small photos fill the box */
 #gallery .caption-label, #failures .caption-label {white-space: normal; max-width: 100%; opacity: .9;}  /* whole captions */
 #notice {background: var(--color-yellow-50, #fffbeb); border: 1px solid var(--color-yellow-300, #fcd34d);
          border-radius: var(--radius-lg); padding: var(--spacing-md) var(--spacing-lg);}
@@ -67,76 +68,81 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
         model = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1, interactive=True,
                             elem_id="model")
 
-        with gr.Tab("Classify"):
-            with gr.Row():
-                with gr.Column():
-                    # a fixed height: a 32x32 upload must not shrink the box to 32 px
-                    image = UploadedImage(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image",
-                                          height=320, elem_id="upload")
-                    top_k = top_k_slider(len(first.label_names), 5, elem_id="top-k")
-                    button = gr.Button("Classify", variant="primary")
-                with gr.Column():
-                    label = gr.Label(label="Prediction", elem_id="prediction")
-                    info = gr.Markdown(label="Summary", elem_id="summary")
-            cleared = (None, "")  # an error must not leave the previous image's answer on screen
-            button.click(lambda: cleared, None, [label, info], queue=False, api_visibility="private").then(
-                app.predict, [image, top_k, model], [label, info], api_name=api_name("predict"))
-            image.upload(lambda: cleared, None, [label, info], queue=False, api_visibility="private").then(
-                app.predict, [image, top_k, model], [label, info], api_visibility="private")
-            image.clear(lambda: cleared, None, [label, info], queue=False, api_visibility="private")
+        with gr.Tabs():
+            with gr.Tab("Classify"):
+                with gr.Row():
+                    with gr.Column():
+                        # a fixed height: a 32x32 upload must not shrink the box to 32 px
+                        image = UploadedImage(type="filepath", sources=["upload", "webcam", "clipboard"], label="Image",
+                                              height=320, elem_id="upload")
+                        top_k = top_k_slider(len(first.label_names), 5, elem_id="top-k")
+                        button = gr.Button("Classify", variant="primary")
+                    with gr.Column():
+                        label = gr.Label(label="Prediction", elem_id="prediction")
+                        info = gr.Markdown(label="Summary", elem_id="summary")
+                cleared = (None, "")  # an error must not leave the previous image's answer on screen
+                button.click(lambda: cleared, None, [label, info], queue=False, api_visibility="private").then(
+                    app.predict, [image, top_k, model], [label, info], api_name=api_name("predict"))
+                image.upload(lambda: cleared, None, [label, info], queue=False, api_visibility="private").then(
+                    app.predict, [image, top_k, model], [label, info], api_visibility="private")
+                image.clear(lambda: cleared, None, [label, info], queue=False, api_visibility="private")
 
-        with gr.Tab("Gallery"):
-            gr.Markdown("Test images drawn at random (fixed seed) from the model's dataset. Click one to classify it.")
-            with gr.Row():
-                # any model's classes are accepted through the API; the service says when one is not the model's
-                class_filter = gr.Dropdown([ALL_CLASSES, *first.label_names], value=ALL_CLASSES, label="Class",
-                                           allow_custom_value=True)
-                gallery_k = top_k_slider(len(first.label_names), 3)
-            with gr.Row():
-                gallery = gr.Gallery(label="Samples", columns=5, height="auto", elem_id="gallery", scale=3)
-                with gr.Column(scale=1):
-                    gallery_label = gr.Label(label="Prediction for the clicked image", elem_id="gallery-prediction")
-                    gallery_info = gr.Markdown(label="Summary")
-            class_filter.change(app.samples, [class_filter, model], gallery, api_name=api_name("samples"))
-            gallery.select(app.classify_sample, [class_filter, gallery_k, model], [gallery_label, gallery_info],
-                           api_visibility="private")
+            with gr.Tab("Gallery"):
+                gr.Markdown("Test images drawn at random (fixed seed) from the model's dataset. Click one to classify it.")
+                with gr.Row():
+                    # any model's classes are accepted through the API; the service says when one is not the model's
+                    class_filter = gr.Dropdown([ALL_CLASSES, *first.label_names], value=ALL_CLASSES, label="Class",
+                                               allow_custom_value=True)
+                    gallery_k = top_k_slider(len(first.label_names), 3)
+                with gr.Row():
+                    gallery = gr.Gallery(label="Samples (true class → prediction)", columns=5, height="auto", elem_id="gallery", scale=3,
+                                         allow_preview=False)  # a click classifies; the grid stays in view
+                    with gr.Column(scale=1):
+                        gallery_label = gr.Label(label="Prediction for the clicked image", elem_id="gallery-prediction")
+                        gallery_info = gr.Markdown(label="Summary")
+                class_filter.change(app.samples, [class_filter, model], gallery, api_name=api_name("samples"))
+                gallery.select(app.classify_sample, [class_filter, gallery_k, model], [gallery_label, gallery_info],
+                               api_visibility="private")
 
-        with gr.Tab("Where it fails"):
-            failures = gr.Gallery(label="Misclassified test images (true class · top-3)", columns=5, height="auto",
-                                  elem_id="failures")
-            with gr.Row():
-                confusion = gr.Image(label="Confusion matrix", type="filepath", interactive=False)
-                curves = gr.Image(label="Training curves", type="filepath", interactive=False)
+            with gr.Tab("Where it fails"):
+                failures = gr.Gallery(label="Misclassified test images (true class · top-3)", columns=5, height="auto",
+                                      elem_id="failures")
+                with gr.Row():
+                    confusion = gr.Image(label="Confusion matrix", type="filepath", interactive=False)
+                    curves = gr.Image(label="Training curves", type="filepath", interactive=False)
 
-        with gr.Tab("Batch"):
-            files = gr.File(file_count="multiple", label="Images")
-            batch_k = top_k_slider(len(first.label_names), 3)
-            batch_button = gr.Button("Classify all", variant="primary")
-            table = gr.Dataframe(headers=["file", "top1", "confidence", "top_k"], label="Predictions")
-            csv_file = gr.File(label="CSV")
-            batch_button.click(app.classify_batch, [files, batch_k, model], [table, csv_file],
-                               api_name=api_name("classify_batch"))
+            with gr.Tab("Batch"):
+                files = gr.File(file_count="multiple", label="Images")
+                batch_k = top_k_slider(len(first.label_names), 3)
+                batch_button = gr.Button("Classify all", variant="primary")
+                table = gr.Dataframe(headers=["file", "top1", "confidence", "top_k"], label="Predictions")
+                csv_file = gr.File(label="CSV")
+                batch_button.click(app.classify_batch, [files, batch_k, model], [table, csv_file],
+                                   api_name=api_name("classify_batch"))
 
-        with gr.Tab("About the model"):
-            about = gr.Markdown(app.about_markdown(names[0]), elem_id="about")
+            with gr.Tab("About the model"):
+                about = gr.Markdown(app.about_markdown(names[0]), elem_id="about")
+
+            if public_stats:
+                with gr.Tab("Monitoring"):
+                    gr.Markdown(f"Requests since the server started (the last 30 minutes, in 10-second steps; refreshed "
+                                f"every {MONITOR_EVERY_S} s).")
+                    with gr.Row():
+                        requests_plot = gr.LinePlot(x="time", y="requests", color="endpoint", x_title="time",
+                                                    y_title="requests per 10 s", label="Requests", y_lim=[0, None])
+                        latency_plot = gr.LinePlot(x="time", y="latency_ms_p50", color="endpoint", x_title="time",
+                                                   y_title="median latency (ms)", label="Latency", y_lim=[0, None])
+                    with gr.Row():
+                        classes_plot = gr.BarPlot(x="class", y="predictions", label="Predicted classes",
+                                                  y_lim=[0, None])
+                        errors = gr.Markdown(label="Errors")
+                    plots = [requests_plot, latency_plot, classes_plot, errors]
+                    timer = gr.Timer(MONITOR_EVERY_S)
+                    timer.tick(lambda: monitoring_plots(app), None, plots, queue=False, api_visibility="private")
+                    demo.load(lambda: monitoring_plots(app), None, plots, queue=False, api_visibility="private")
+
         json_endpoint(app.model_info, "model_info", "Model info")
-
         if public_stats:
-            with gr.Tab("Monitoring"):
-                gr.Markdown(f"Requests since the server started (the last 30 minutes, in 10-second steps; refreshed "
-                            f"every {MONITOR_EVERY_S} s).")
-                with gr.Row():
-                    requests_plot = gr.LinePlot(x="time", y="requests", color="endpoint", x_title="time",
-                                                y_title="requests per 10 s", label="Requests", height=260)
-                    latency_plot = gr.LinePlot(x="time", y="latency_ms_p50", color="endpoint", x_title="time",
-                                               y_title="median latency (ms)", label="Latency", height=260)
-                with gr.Row():
-                    classes_plot = gr.BarPlot(x="class", y="predictions", label="Predicted classes", height=260)
-                    errors = gr.Markdown(label="Errors")
-                plots = [requests_plot, latency_plot, classes_plot, errors]
-                timer = gr.Timer(MONITOR_EVERY_S)
-                timer.tick(lambda: monitoring_plots(app), None, plots, queue=False, api_visibility="private")
-                demo.load(lambda: monitoring_plots(app), None, plots, queue=False, api_visibility="private")
             json_endpoint(app.stats, "stats", "Statistics")
 
         def show_model(name, image_path, k_classify, k_gallery, k_batch):
@@ -166,10 +172,15 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
 def monitoring_plots(app: App):
     timeline = pd.DataFrame(app.monitor.timeline(), columns=["time", "endpoint", "requests", "errors",
                                                              "latency_ms_p50"])
+    timeline = timeline.astype({"requests": "int64", "errors": "int64", "latency_ms_p50": "float64"})
     timeline["time"] = pd.to_datetime(timeline["time"], unit="s")
     stats = app.stats()
-    classes = pd.DataFrame(list(stats["top1_histogram"].items()), columns=["class", "predictions"])
+    classes = pd.DataFrame(list(stats["top1_histogram"].items()), columns=["class", "predictions"]).astype(
+        {"predictions": "int64"})
     per_endpoint = ", ".join(f"{name} {e['errors']}" for name, e in stats["endpoints"].items() if e["errors"])
     errors = (f"**Errors: {stats['errors']}** of {stats['requests']} requests" +
               (f" ({per_endpoint})" if per_endpoint else ""))
-    return timeline, timeline, classes, errors
+    # an empty frame must not be sent: the browser fixes a plot's axis types from the first data it gets, and an
+    # empty frame's columns have no types (the plots stayed blank or nominal afterwards); skip until there is data
+    shown = [frame if len(frame) else gr.skip() for frame in (timeline, timeline, classes)]
+    return *shown, errors

@@ -30,7 +30,7 @@ def test_upload_shows_top_k_and_gallery_click_classifies(page, tmp_path):
     image = tmp_path / "upload.png"
     shape_image("green", random.Random(3), size=128).save(image)
 
-    page.locator("input[type=file]").first.set_input_files(str(image))
+    page.locator("#upload input[type=file]").set_input_files(str(image))
     prediction = page.locator("#prediction")
     expect(prediction).to_contain_text("green", timeout=30_000)
     expect(page.get_by_text("inference")).to_be_visible()
@@ -114,3 +114,18 @@ def test_the_notice_stands_out(page, trained):
         style = notice.evaluate("e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).borderTopStyle]")
         other.close()
     assert style[0] not in ("rgba(0, 0, 0, 0)", "transparent") and style[1] == "solid", style
+
+
+def test_the_screenshot_script_makes_every_picture(tmp_path):
+    """docs/screenshots.py re-makes README's pictures after UI changes; it must keep working."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "docs/screenshots.py", "--out", str(tmp_path), "--traffic-seconds", "2"],
+                            cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shots = {name: (tmp_path / f"screenshot-{name}.png").read_bytes()
+             for name in ("classify", "gallery", "failures", "about", "monitoring")}
+    assert all(len(data) > 20_000 for data in shots.values())
+    assert len(set(shots.values())) == len(shots)  # five different pictures, no tab shot twice
