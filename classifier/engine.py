@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import DistributedType, gather_object
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from tqdm.auto import tqdm
@@ -23,7 +23,7 @@ from .augment import BatchAugment, normalize
 from .checkpoint import checkpoint_dir
 from .data import StreamedSplit, TensorSplit, undecodable
 from .distributed import agreed
-from .model import view_probabilities
+from .model import view_logits
 from .state import TrainingError, TrainState, new_running
 
 WINDOW = 10  # batches between reads of the loss: each read waits for the device
@@ -153,6 +153,7 @@ def train_one_epoch(epoch: int, state: TrainState, train_data: TensorSplit | Str
             lr = state.scheduler.get_last_lr()[0]
             loss, logits, y = train_step(state, recipe, accelerator, images, y, img_size, args.clip_grad)
             progress.batches_done = batch_index + 1
+            bar.update()  # host-side only: the bar moves with every batch, the loss comes with each window
             window.add(loss.detach(), (logits.argmax(-1) == y).sum(), len(y))
             checkpoint_due = (isinstance(args.checkpoint_every, int) and accelerator.sync_gradients
                               and progress.optimizer_steps % args.checkpoint_every == 0)
@@ -160,7 +161,6 @@ def train_one_epoch(epoch: int, state: TrainState, train_data: TensorSplit | Str
                 losses = window.close(accelerator, state, epoch, batch_index, args)
                 bar.set_postfix(loss=f"{losses.mean().item():.3f}", lr=f"{lr:.2e}",
                                 img_s=f"{window.seen / window.elapsed:.0f}")
-                bar.update(len(losses))
                 accelerator.log({"train/loss": losses.mean().item(), "lr": lr}, step=progress.optimizer_steps)
                 window = Window(time.perf_counter())
             if checkpoint_due:
@@ -172,20 +172,40 @@ def train_step(state: TrainState, recipe: Recipe, accelerator: Accelerator, imag
                img_size: int, clip_grad: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward and backward on one batch, and the optimizer and scheduler step when the accumulation cycle
     ends. -> (loss, logits, the labels of the images trained on)"""
-    model, optimizer = state.model, state.optimizer
+    model, optimizer, progress = state.model, state.optimizer, state.progress
     x, targets, y = recipe(images, y, img_size)
+    scaler = accelerator.scaler  # fp16 only
     with accelerator.accumulate(model):
         logits = model(x)
         loss = recipe.criterion(logits, targets)
         accelerator.backward(loss)
         if clip_grad and accelerator.sync_gradients:
             accelerator.clip_grad_norm_(model.parameters(), clip_grad)
+        scale = scaler.get_scale() if scaler is not None and accelerator.sync_gradients else None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     if accelerator.sync_gradients:
-        state.scheduler.step()
-        state.progress.optimizer_steps += 1
+        progress.optimizer_steps += 1
+        # fp16: the scaler skips an update whose gradients overflowed, and then lowers its scale; the schedule
+        # waits for the update too. (accelerate's step_was_skipped cannot tell with a fused optimizer, whose
+        # kernel skips the update itself; reading the scale costs the sync the unfused path makes anyway.)
+        if scale is not None and scaler.get_scale() < scale:
+            progress.skipped_steps += 1
+        else:
+            state.scheduler.step()
+    if not progress.compute_dtype:
+        progress.compute_dtype = str(logits.dtype).removeprefix("torch.")  # what autocast really computed in
+    mark_step(accelerator)
     return loss, logits, y
+
+
+def mark_step(accelerator: Accelerator) -> None:
+    """On XLA (TPU), end the traced graph here: one graph per training step, compiled once and replayed, instead
+    of one that grows until something reads a value."""
+    if accelerator.distributed_type == DistributedType.XLA:
+        import torch_xla
+
+        torch_xla.sync()
 
 
 @dataclass
@@ -234,6 +254,7 @@ class Window:
         progress.running["correct"] += correct
         progress.running["seen"] += self.seen
         progress.running["seconds"] += self.elapsed
+        progress.running.setdefault("window_rates", []).append(self.seen / self.elapsed)  # images/s of each window
         return losses
 
 
@@ -249,6 +270,7 @@ def epoch_record(state: TrainState, epoch: int, img_size: int, batches: int, val
         "val_accuracy": val["accuracy"],
         "val_f1": val["f1"],
         "seconds": running["seconds"],  # training steps only
+        "window_images_per_second": running.get("window_rates", []),  # every WINDOW batches (benchmarks use them)
         "elapsed_seconds": time.perf_counter() - started,  # since the run started: loading, decoding, evals
     }
     state.progress.history.append(record)
@@ -257,21 +279,33 @@ def epoch_record(state: TrainState, epoch: int, img_size: int, batches: int, val
     return record
 
 
-@torch.inference_mode()
 def evaluate_split(model, loader, accelerator, mean, std, num_classes: int,
                    tta: str = "none") -> tuple[dict, torch.Tensor]:
-    """Metrics and per-sample probabilities (in split order) over a split; under N processes
-    gather_for_metrics drops the padding so each sample counts once. With test-time augmentation the
-    accuracy of the image alone is reported too, as `single_view_accuracy`."""
+    """Metrics and per-sample probabilities (in split order) over a split; see split_metrics."""
+    return split_metrics(*collect_view_logits(model, loader, accelerator, mean, std, tta), num_classes, tta)
+
+
+@torch.inference_mode()
+def collect_view_logits(model, loader, accelerator, mean, std, tta: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float logits of every test-time view (views, N, classes), labels (N,)) over a split, in split order; under
+    N processes gather_for_metrics drops the padding so each sample counts once, and every process gets all."""
     model.eval()
-    probs, single, refs = [], [], []
-    for images, labels in loader:
+    logits, labels = [], []
+    for images, y in loader:
         x = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
-            views = view_probabilities(model, x, tta)
-        p, p0, y = accelerator.gather_for_metrics((views.mean(0), views[0], labels))
-        probs.append(p.cpu()), single.append(p0.cpu()), refs.append(y.cpu())
-    probs, single, refs = torch.cat(probs), torch.cat(single), torch.cat(refs)
+            views = view_logits(model, x, tta)
+        v, y = accelerator.gather_for_metrics((views.transpose(0, 1).contiguous(), y))  # gathered along images
+        logits.append(v.transpose(0, 1).cpu()), labels.append(y.cpu())
+    return torch.cat(logits, dim=1), torch.cat(labels)
+
+
+def split_metrics(logits: torch.Tensor, refs: torch.Tensor, num_classes: int,
+                  tta: str = "none") -> tuple[dict, torch.Tensor]:
+    """Metrics and per-sample probabilities from the views' logits. With test-time augmentation the accuracy of
+    the image alone is reported too, as `single_view_accuracy`."""
+    views = logits.softmax(-1)
+    probs, single = views.mean(0), views[0]
     result = metrics_lib.compute(probs.tolist(), refs.tolist(), num_classes)
     # the cross-entropy of the predicted distribution (the views' mean); with one view, of the softmax
     result["loss"] = F.nll_loss(probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), refs).item()

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import report
+from .calibration import plot_reliability
 from .model import data_config, export, replace_folder_contents
 from .options import dataset_slug
 from .presets import find_preset
@@ -28,10 +29,13 @@ class RunFacts:
     hardware: str
     num_processes: int
     distributed_type: str  # accelerate's DistributedType: NO, MULTI_CPU, MULTI_GPU, ...
+    num_machines: int = 1
+    compute_dtype: str = ""  # of the model's output in training: what autocast really computed in
 
     def describe(self) -> str:
         processes = "1 process" if self.num_processes == 1 else f"{self.num_processes} processes"
-        return (f"{processes} (accelerate {self.distributed_type}), mixed precision {self.mixed_precision}, "
+        machines = f" on {self.num_machines} machines" if self.num_machines > 1 else ""
+        return (f"{processes}{machines} (accelerate {self.distributed_type}), mixed precision {self.mixed_precision}, "
                 f"{self.hardware}")
 
 
@@ -61,22 +65,28 @@ def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_fi
     # safetensors stores contiguous tensors only; channels_last was for speed
     model = model.to(memory_format=torch.contiguous_format, dtype=getattr(torch, args.weights_dtype))
     label_names, final, final_split = metrics["label_names"], metrics["final"], metrics["final_split"]
+    calibration = final.get("calibration")
     export(model, staging, label_names, data_config(args.img_size, mean, std), facts.model_args,
-           tag=dataset_slug(args.dataset), tta=args.tta)
+           tag=dataset_slug(args.dataset), tta=args.tta, calibration=calibration)
     command = "accelerate launch train_accelerate.py " + shlex.join(sys.argv[1:])
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
     training_args = dict(vars(args), weights_source=facts.weights_source,
                          resolved_mixed_precision=facts.mixed_precision, resolved_data_path=facts.data_path,
                          hardware=facts.hardware, num_processes=facts.num_processes,
-                         distributed_type=facts.distributed_type, command=command)
+                         distributed_type=facts.distributed_type, num_machines=facts.num_machines,
+                         compute_dtype=facts.compute_dtype, command=command)
     (staging / "training_args.json").write_text(json.dumps(training_args, indent=2, default=str))
     if metrics["history"]:
         report.plot_curves(metrics["history"], staging / report.CURVES_NAME)
+    if calibration:
+        plot_reliability(calibration, staging / report.CALIBRATION_NAME,
+                         f"Calibration, {final_split} (temperature {calibration['temperature']:.3g})")
     report.plot_confusion(final["confusion_matrix"], label_names, staging / report.CONFUSION_NAME,
                           f"{args.model} on {args.dataset} ({final_split})")
     repo_name = args.push_to_hub or f"{args.model}-{dataset_slug(args.dataset)}"
     card = report.model_card(repo_name, args.model, args.dataset, preset.path if preset else None, label_names,
-                             final, final_split, command, args.img_size, facts.weights_source, facts.describe())
+                             final, final_split, command, args.img_size, facts.weights_source, facts.describe(),
+                             calibration)
     card.save(staging / "README.md")
     add_extra_files(staging)
     replace_folder_contents(staging, output_dir)

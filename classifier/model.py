@@ -69,13 +69,25 @@ def data_config(img_size: int, mean, std, interpolation: str = "bilinear", crop_
 
 
 def export(model: torch.nn.Module, folder: str | Path, label_names: list[str], data_cfg: dict,
-           model_args: dict | None = None, tag: str | None = None, tta: str = "none") -> None:
-    """Write config.json + model.safetensors in timm's Hub format (what `push_to_hf_hub` uploads)."""
-    model_config = {"label_names": list(label_names), "test_time_augmentation": tta}
+           model_args: dict | None = None, tag: str | None = None, tta: str = "none",
+           calibration: dict | None = None) -> None:
+    """Write config.json + model.safetensors in timm's Hub format (what `push_to_hf_hub` uploads). The keys timm
+    ignores carry how the app predicts: `test_time_augmentation`, and from `calibration` the `temperature` and the
+    `low_confidence_threshold`."""
+    model_config = {"label_names": list(label_names), "test_time_augmentation": tta,
+                    **calibration_keys(calibration)}
     if tag:
         model_config["pretrained_cfg"] = {"tag": tag}
     save_for_hf(model, str(folder), model_config=model_config, model_args=model_args or None,
                 data_config=data_cfg, safe_serialization=True)
+
+
+def calibration_keys(calibration: dict | None) -> dict:
+    """config.json's calibration keys from metrics.json's calibration record (none without one)."""
+    if not calibration:
+        return {}
+    return {"temperature": round(calibration["temperature"], 6),
+            "low_confidence_threshold": round(calibration["low_confidence_threshold"], 6)}
 
 
 @dataclass
@@ -93,14 +105,32 @@ class LoadedModel:
     def tta(self) -> str:
         return self.config.get("test_time_augmentation", "none")  # folders written before it existed: none
 
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature (config.json `temperature`); 1 for folders fitted before it existed."""
+        return float(self.config.get("temperature", 1.0))
 
-def view_probabilities(model: torch.nn.Module, images: torch.Tensor, tta: str) -> torch.Tensor:
-    """Class probabilities of each test-time view of a normalised NCHW batch: shape (views, N, classes).
-    Their mean is the prediction; view 0 is the image itself. The mirror images ride in the same forward
-    pass as the originals: one pass over 2N images costs less than two over N."""
+    @property
+    def low_confidence_threshold(self) -> float | None:
+        """Calibrated top probabilities under this get the "may not be one of the classes" hint (None: no hint)."""
+        value = self.config.get("low_confidence_threshold")
+        return None if value is None else float(value)
+
+
+def view_logits(model: torch.nn.Module, images: torch.Tensor, tta: str) -> torch.Tensor:
+    """The logits of each test-time view of a normalised NCHW batch, as float: shape (views, N, classes); view 0 is
+    the image itself. The mirror images ride in the same forward pass as the originals: one pass over 2N images
+    costs less than two over N."""
     views = torch.cat([images, images.flip(-1)]) if tta == "flip" else images
-    probs = model(views).float().softmax(-1)
-    return probs.view(-1, len(images), probs.shape[-1])
+    logits = model(views).float()
+    return logits.view(-1, len(images), logits.shape[-1])
+
+
+def view_probabilities(model: torch.nn.Module, images: torch.Tensor, tta: str,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """Class probabilities of each test-time view, (views, N, classes): their mean is the prediction. `temperature`
+    divides the logits first (calibration: classifier.calibration fits it; 1 leaves the softmax as it is)."""
+    return (view_logits(model, images, tta) / temperature).softmax(-1)
 
 
 def load_folder(folder: str | Path) -> LoadedModel:
@@ -123,6 +153,9 @@ def load_folder(folder: str | Path) -> LoadedModel:
     label_names = list(config.get("label_names") or [str(i) for i in range(num_classes)])
     if len(label_names) != num_classes:
         raise ModelSourceError(f"{folder}: {len(label_names)} label names for {num_classes} classes.")
+    temperature = config.get("temperature", 1.0)
+    if not isinstance(temperature, (int, float)) or not 0 < temperature < 1e3:
+        raise ModelSourceError(f"{folder}: temperature {temperature!r} in {CONFIG_NAME} is not a positive number.")
     if config.get("test_time_augmentation", "none") not in TTA_CHOICES:
         raise ModelSourceError(f"{folder}: unknown test_time_augmentation {config['test_time_augmentation']!r} "
                                f"in {CONFIG_NAME} (known: {', '.join(TTA_CHOICES)}).")

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .explain import class_activation, overlay
 from .images import open_rgb
 from .model import LoadedModel, ModelSourceError, load, view_probabilities
 from .security import public_name
@@ -137,7 +138,25 @@ class Predictor:
     def _probabilities(self, images: list[Image.Image]) -> torch.Tensor:
         batch = torch.stack([self.transform(image) for image in images])
         with torch.inference_mode():
-            return view_probabilities(self.model, batch, self.loaded.tta).mean(0)
+            return view_probabilities(self.model, batch, self.loaded.tta, self.loaded.temperature).mean(0)
+
+    def explain(self, image: Image.Image, class_index: int | None = None) -> tuple[Image.Image, int, torch.Tensor]:
+        """A heatmap of where the model looked for `class_index` (default: the predicted class), over `image`;
+        -> (the overlay at the image's size, the class, the image's calibrated probabilities). Raises ExplainError."""
+        return on_torch_thread(self._explain, image, class_index)
+
+    def _explain(self, image: Image.Image, class_index: int | None):
+        probs = self._probabilities([image])[0]
+        index = int(probs.argmax()) if class_index is None else class_index
+        # the image itself, not its mirror: a heatmap of the average would blur the two views together
+        cam = class_activation(self.model, self.transform(image).unsqueeze(0), index)
+        return overlay(image, cam, self.loaded.data_config.get("crop_pct", 1.0)), index, probs
+
+    def low_confidence(self, top_probability: float) -> bool:
+        """True when the calibrated top probability is under the model's threshold (config.json
+        `low_confidence_threshold`, chosen on validation): the image may not be one of the model's classes."""
+        threshold = self.loaded.low_confidence_threshold
+        return threshold is not None and top_probability < threshold
 
     def top_k(self, probs: torch.Tensor, k: int) -> list[tuple[str, float]]:
         k = max(1, min(int(k), len(self.label_names)))

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 
-CURVES_NAME, CONFUSION_NAME = "curves.png", "confusion_matrix.png"
+CURVES_NAME, CONFUSION_NAME, CALIBRATION_NAME = "curves.png", "confusion_matrix.png", "calibration.png"
 
 
 def save_figure(fig, path: Path) -> None:
@@ -75,8 +75,10 @@ def model_card(
     img_size: int,
     weights_source: str,
     trained_on: str = "",
+    calibration: dict | None = None,
 ) -> ModelCard:
-    """`trained_on`: how many processes of which kind, precision and hardware (RunFacts.describe())."""
+    """`trained_on`: how many processes of which kind, precision and hardware (RunFacts.describe());
+    `calibration`: metrics.json's record of the fitted temperature (classifier.calibration.calibrate)."""
     results = [
         EvalResult(task_type="image-classification", dataset_type=dataset_hub_id or dataset, dataset_name=dataset,
                    dataset_split=eval_split, metric_type=key, metric_name=f"{eval_split} {name}",
@@ -100,12 +102,17 @@ def model_card(
     if exported:
         metric_rows += (f"\n\nThe weights are stored as {exported['dtype']}; with exactly those weights the accuracy is "
                         f"{_fmt(exported['accuracy'])} (the table was measured in float32 before the cast).")
-    predict = "probs = model(x).softmax(-1)"
+    scaled = f"(model(x) / {calibration['temperature']:.4g})" if calibration else "model(x)"
+    predict, notes = f"probs = {scaled}.softmax(-1)", []
     if final.get("tta") == "flip":
-        predict = "probs = (model(x).softmax(-1) + model(x.flip(-1)).softmax(-1)) / 2  # the image and its mirror"
+        mirrored = scaled.replace("model(x)", "model(x.flip(-1))")
+        predict, notes = f"probs = ({scaled}.softmax(-1) + {mirrored}.softmax(-1)) / 2", ["the image and its mirror"]
         metric_rows += (f"\n\nEach prediction averages the probabilities for the image and its mirror image "
                         f"(`test_time_augmentation: flip` in config.json; the app does the same). The image alone "
                         f"scores an accuracy of {_fmt(final.get('single_view_accuracy'))}.")
+    if calibration:
+        notes.append(f"{calibration['temperature']:.4g}: the calibration temperature")
+    predict += f"  # {'; '.join(notes)}" if notes else ""
     body = f"""
 # {repo_name}
 
@@ -146,5 +153,27 @@ With this project's app: `MODEL_ID={hub_id} python app.py`, or `python app.py --
 ![Loss and accuracy curves]({CURVES_NAME})
 
 ![Confusion matrix]({CONFUSION_NAME})
-"""
+{calibration_section(calibration, eval_split) if calibration else ""}"""
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
+
+
+def calibration_section(calibration: dict, eval_split: str) -> str:
+    before, after = calibration["before"], calibration["after"]
+    return f"""
+## Calibration
+
+The probabilities are divided by a temperature of {calibration['temperature']:.4g} before the softmax, fitted on the
+validation split for the prediction as made above (config.json `temperature`; the app uses it). On the
+{eval_split} split ({calibration['num_samples']} images; expected calibration error over {calibration['bins']} bins):
+
+| | ECE | NLL |
+|---|---|---|
+| before | {100 * before['ece']:.2f} % | {before['nll']:.4f} |
+| after | {100 * after['ece']:.2f} % | {after['nll']:.4f} |
+
+The app adds a hint that an image may not be one of these classes when the calibrated top probability is under
+{calibration['low_confidence_threshold']:.3f}: 95 % of the right validation answers are above it. It fires on
+{100 * calibration['low_confidence_rate']:.1f} % of the {eval_split} images.
+
+![Reliability diagram]({CALIBRATION_NAME})
+"""

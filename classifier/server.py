@@ -58,7 +58,8 @@ def create_app(app: App, notice: str = "", public_stats: bool = True, frame_ance
         finally:
             in_flight.leave()
         return {"model": predictor.name, "predictions": [{"label": label, "probability": p} for label, p in top],
-                "inference_ms": round(inference_ms, 2), "image_size": list(size)}
+                "low_confidence": predictor.low_confidence(top[0][1]), "inference_ms": round(inference_ms, 2),
+                "image_size": list(size)}
 
     # the other REST routes: GET, query parameters = the App method's, the same result as the Gradio endpoint
     for endpoint in ENDPOINTS.values():

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import gradio as gr
 
+from .explain import ExplainError
 from .images import BadImageError, open_rgb, pixels_to_decode
 from .monitor import RequestMonitor
 from .predict import Predictor
-from .report import CONFUSION_NAME, CURVES_NAME, METRIC_ROWS
+from .report import CALIBRATION_NAME, CONFUSION_NAME, CURVES_NAME, METRIC_ROWS
 from .security import Limits, TempFolder, UploadError, csv_cell, public_name, uploaded_file
 
 ALL_CLASSES = "all classes"
@@ -51,6 +52,7 @@ class Endpoint:
 
 ENDPOINTS = {e.api_name: e for e in (
     Endpoint("predict", "POST /api/classify", "one image -> top-k labels and probabilities"),
+    Endpoint("explain", None, "one image -> a heatmap of where the model looked for a class, and its details"),
     Endpoint("classify_batch", None, "many images -> a table and a CSV"),
     Endpoint("samples", None, "a model's gallery images of one class (or all), captioned"),
     Endpoint("model_info", "GET /api/model_info", "classes, input size, metrics, training command"),
@@ -102,7 +104,7 @@ class App:
         files = []
         for p in self.predictors.values():
             files += [str(s.path.resolve()) for s in p.samples]
-            files += [str((p.folder / name).resolve()) for name in (CONFUSION_NAME, CURVES_NAME)
+            files += [str((p.folder / name).resolve()) for name in (CONFUSION_NAME, CALIBRATION_NAME, CURVES_NAME)
                       if (p.folder / name).is_file()]
         return files
 
@@ -118,6 +120,30 @@ class App:
         top, inference_ms, size, predictor = self.classify(path.read_bytes(), f"The upload {path.name!r}", top_k, model,
                                                            "predict")
         return dict(top), summary(top, inference_ms, size, predictor)
+
+    def explain(self, image_path: str | None, class_name: str | None = None, model: str | None = None):
+        """The heatmap of where the model looked for `class_name` (default: its top class) in an upload, and
+        {"class", "probability", "low_confidence", "model"}. Costs one extra backward pass, only when asked."""
+        if image_path is None:
+            raise ServiceError("Upload an image first.")
+        predictor = self.predictor(model)
+        if class_name and class_name not in predictor.label_names:
+            raise ServiceError(f"{str(class_name)[:100]!r} is not a class of {predictor.name}; its classes are "
+                               f"{', '.join(predictor.label_names)}.")
+        start = time.perf_counter()
+        try:
+            path = uploaded_file(image_path)
+            image = self.decode(path.read_bytes(), f"The upload {path.name!r}", predictor)
+            index = predictor.label_names.index(class_name) if class_name else None
+            heatmap, index, probs = predictor.explain(image, index)
+        except (BadImageError, UploadError) as e:
+            raise BadUpload(str(e)) from None
+        except ExplainError as e:
+            raise ServiceError(f"No heatmap for {predictor.name}: {e}") from None
+        name = predictor.label_names[index]
+        self.monitor.record("explain", 1000 * (time.perf_counter() - start), name, image.size, model=predictor.name)
+        return heatmap, {"class": name, "probability": float(probs[index]), "model": predictor.name,
+                         "low_confidence": predictor.low_confidence(float(probs.max()))}
 
     def classify(self, data: bytes, name: str, top_k, model: str | None, endpoint: str):
         """An upload's bytes -> (top-k, milliseconds, image size, predictor), recorded in the monitor under
@@ -169,8 +195,8 @@ class App:
         predictor = self.predictor(model)
         items = [(str(sample.path), f"true: {sample.label} · " + ", ".join(f"{n} {100 * p:.0f}%" for n, p in top))
                  for sample, top in self._predicted_samples(predictor) if sample.kind == "failure"]
-        confusion, curves = predictor.folder / CONFUSION_NAME, predictor.folder / CURVES_NAME
-        return items, (str(confusion) if confusion.is_file() else None), (str(curves) if curves.is_file() else None)
+        plots = [predictor.folder / name for name in (CONFUSION_NAME, CALIBRATION_NAME, CURVES_NAME)]
+        return items, *(str(plot) if plot.is_file() else None for plot in plots)
 
     # -- batch
     def classify_batch(self, files: list[str] | None, top_k: int = 5, model: str | None = None):
@@ -249,9 +275,13 @@ def caption(true_label: str, top) -> str:
     return f"✓ {true_label} {100 * p:.0f} %" if predicted == true_label else f"✗ {true_label} → {predicted} {100 * p:.0f} %"
 
 
+LOW_CONFIDENCE_HINT = "low confidence: the image may not be one of this model's classes"
+
+
 def summary(top, inference_ms: float, size, predictor: Predictor) -> str:
+    hint = f"\n\n⚠️ {LOW_CONFIDENCE_HINT.capitalize()}." if predictor.low_confidence(top[0][1]) else ""
     return (f"**{top[0][0]}** ({100 * top[0][1]:.1f} %) · inference {inference_ms:.1f} ms · "
-            f"image {size[0]}×{size[1]} px · model `{predictor.name}` ({predictor.input_size} px input)")
+            f"image {size[0]}×{size[1]} px · model `{predictor.name}` ({predictor.input_size} px input){hint}")
 
 
 def public_command(command: str | None) -> str | None:

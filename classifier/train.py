@@ -12,7 +12,6 @@ import copy
 import logging
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -25,8 +24,11 @@ from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .data import DataError, Splits, StreamedSplit, TensorSplit, decode_split, load_splits, streams, typical_size
 from .distributed import RUN_ENDING, local_process_count, on_every_process, process_group_kwargs, seed_processes, \
     together
-from .engine import Plan, Recipe, epoch_record, eval_loader, evaluate_split, train_one_epoch
+from .calibration import calibrate
+from .engine import (Plan, Recipe, collect_view_logits, epoch_record, eval_loader, evaluate_split,
+                     split_metrics, train_one_epoch)
 from .export import RunFacts, check_output_dir, write_model_folder
+from .hardware import configure_backends, describe_hardware, resolve_compile, resolve_precision
 from .model import create_model
 from .options import parse_args
 from .samples import write_samples
@@ -36,32 +38,26 @@ log = logging.getLogger("classifier")
 LOG_DIR = "logs"
 
 
-def cpu_supports_bf16() -> bool:
-    """Native bf16 kernels (AVX-512 BF16 / AMX); without them bf16 autocast on CPU is slower than fp32."""
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def resolve_mixed_precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if torch.backends.mps.is_available():
-        return "no"
-    return "bf16" if cpu_supports_bf16() else "no"
-
-
 # -- set-up and data
 
 def create_accelerator(args) -> Accelerator:
+    """Precision and compilation: our flag, else accelerate's setting, else auto (classifier.hardware)."""
     report_to = None if args.report_to == "none" else args.report_to.split(",")
-    return Accelerator(
-        mixed_precision=resolve_mixed_precision(args.mixed_precision),
+    # the process group first (accelerate's own device choice, with our timeout): `auto` depends on the device
+    device_type = PartialState(**process_group_kwargs(args.ddp_timeout).to_kwargs()).device.type
+    precision, source = resolve_precision(args.mixed_precision, device_type)
+    accelerator = Accelerator(
+        mixed_precision=precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=report_to, project_dir=str(Path(args.output_dir) / LOG_DIR),
-        dynamo_backend="inductor" if args.compile else "no",  # accelerate wraps the model in torch.compile
+        dynamo_backend=resolve_compile(args.compile),  # accelerate wraps the model in torch.compile
         kwargs_handlers=[process_group_kwargs(args.ddp_timeout)],
     )
+    # what the run resolved, recorded in training_args.json
+    args.resolved = {"mixed_precision": accelerator.mixed_precision, "mixed_precision_from": source,
+                     "dynamo_backend": accelerator.state.dynamo_plugin.backend.value.lower(),
+                     **configure_backends(accelerator.device.type, args.deterministic)}
+    return accelerator
 
 
 @dataclass
@@ -274,11 +270,23 @@ def final_evaluation(args, accelerator: Accelerator, training: Training,
     def evaluate(model):
         return evaluate_split(model, loader, accelerator, training.mean, training.std, data.num_classes, args.tta)
 
-    final, probs = evaluate(training.state.eval_model)
+    def logits(split_loader):
+        return collect_view_logits(training.state.eval_model, split_loader, accelerator, training.mean, training.std,
+                                   args.tta)
+
+    val_logits, val_labels = logits(training.val_loader)
+    final_logits, final_labels = (val_logits, val_labels) if split == "validation" else logits(loader)
+    final, probs = split_metrics(final_logits, final_labels, data.num_classes, args.tta)
+    # the temperature is fitted on validation, so without a test split its before/after figures are validation's
+    final["calibration"] = calibrate(val_logits, val_labels, final_logits, final_labels)
     single_view = (f" ({100 * final['single_view_accuracy']:.2f}% without --tta {args.tta})"
                    if args.tta != "none" else "")
     accelerator.print(f"{split}: accuracy {100 * final['accuracy']:.2f}%{single_view}, f1 {final['f1']:.4f}, "
                       f"mcc {final['mcc']:.4f}, roc_auc {final['roc_auc']}")
+    cal = final["calibration"]
+    accelerator.print(f"calibration: temperature {cal['temperature']:.3f} (fitted on validation); {split} ECE "
+                      f"{100 * cal['before']['ece']:.2f}% -> {100 * cal['after']['ece']:.2f}%, NLL "
+                      f"{cal['before']['nll']:.4f} -> {cal['after']['nll']:.4f}")
     if args.weights_dtype != "float32":
         # the exported weights are rounded to a 16-bit type: measure what that costs on the same split
         rounded = copy.deepcopy(exported_model(accelerator, training)).to(getattr(torch, args.weights_dtype)).float()
@@ -311,26 +319,15 @@ def export_run(args, accelerator: Accelerator, training: Training, data: RunData
                                       args.samples_per_class, args.failure_samples, args.seed)
                 accelerator.print(f"Wrote {count} {split} images to samples/ for the app's galleries.")
 
+        progress = training.state.progress
         metrics = {"label_names": data.splits.label_names, "final_split": split, "final": final,
-                   "history": training.state.progress.history, "skipped_images": skipped}
+                   "history": progress.history, "skipped_images": skipped, "skipped_steps": progress.skipped_steps}
         facts = RunFacts(training.weights_source, training.model_args, accelerator.mixed_precision,
                          "stream" if data.streamed else "memory", describe_hardware(accelerator.device),
-                         accelerator.num_processes, accelerator.distributed_type.value)
+                         accelerator.num_processes, accelerator.distributed_type.value,
+                         accelerator.num_processes // local_process_count(accelerator), progress.compute_dtype)
         write_model_folder(args, exported_model(accelerator, training), metrics, facts, add_samples)
         accelerator.print(f"Model folder: {Path(args.output_dir).resolve()}")
-
-
-def describe_hardware(device: torch.device) -> str:
-    """The machine in a few words, so wall-clock figures can be read against it ("cpu: AMD EPYC, 2 threads")."""
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)} x{torch.cuda.device_count()}"
-    if device.type != "cpu":
-        return device.type
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    name = names[0] if names else platform.processor() or "unknown"
-    return f"cpu: {name}, {torch.get_num_threads()} threads, {'bf16' if cpu_supports_bf16() else 'no bf16'}"
 
 
 def stop(error: Exception, args) -> None:

@@ -80,12 +80,24 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                     with gr.Column():
                         label = gr.Label(label="Prediction", elem_id="prediction")
                         info = gr.Markdown(label="Summary", elem_id="summary")
-                cleared = (None, "")  # an error must not leave the previous image's answer on screen
-                button.click(lambda: cleared, None, [label, info], queue=False, api_visibility="private").then(
-                    app.predict, [image, top_k, model], [label, info], api_name=api_name("predict"))
-                image.upload(lambda: cleared, None, [label, info], queue=False, api_visibility="private").then(
-                    app.predict, [image, top_k, model], [label, info], api_visibility="private")
-                image.clear(lambda: cleared, None, [label, info], queue=False, api_visibility="private")
+                        with gr.Accordion("Where the model looked", open=False, elem_id="explain"):
+                            with gr.Row():
+                                explain_class = gr.Dropdown([], label="Class (default: the top one)",
+                                                            allow_custom_value=True, scale=3)
+                                explain_button = gr.Button("Show heatmap", scale=1)
+                            heatmap = gr.Image(label="Heatmap", type="pil", interactive=False, elem_id="heatmap")
+                            explain_details = gr.JSON(label="Heatmap details", visible=False)
+                # an error must not leave the previous image's answer on screen
+                answers, cleared = [label, info, heatmap], (None, "", None)
+                top_classes = dict(fn=prediction_classes, inputs=label, outputs=explain_class, queue=False,
+                                   api_visibility="private")
+                button.click(lambda: cleared, None, answers, queue=False, api_visibility="private").then(
+                    app.predict, [image, top_k, model], [label, info], api_name=api_name("predict")).then(**top_classes)
+                image.upload(lambda: cleared, None, answers, queue=False, api_visibility="private").then(
+                    app.predict, [image, top_k, model], [label, info], api_visibility="private").then(**top_classes)
+                image.clear(lambda: cleared, None, answers, queue=False, api_visibility="private")
+                explain_button.click(app.explain, [image, explain_class, model], [heatmap, explain_details],
+                                     api_name=api_name("explain"))
 
             with gr.Tab("Gallery"):
                 gr.Markdown("Test images drawn at random (fixed seed) from the model's dataset. Click one to classify it.")
@@ -109,7 +121,9 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                                       elem_id="failures")
                 with gr.Row():
                     confusion = gr.Image(label="Confusion matrix", type="filepath", interactive=False)
-                    curves = gr.Image(label="Training curves", type="filepath", interactive=False)
+                    calibration = gr.Image(label="Calibration (reliability diagram)", type="filepath",
+                                           interactive=False)
+                curves = gr.Image(label="Training curves", type="filepath", interactive=False)
 
             with gr.Tab("Batch"):
                 files = gr.File(file_count="multiple", label="Images")
@@ -159,14 +173,20 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                     pass
             return (gr.Dropdown(choices=[ALL_CLASSES, *p.label_names], value=ALL_CLASSES), *sliders,
                     app.samples(ALL_CLASSES, name), *app.failures(name), app.about_markdown(name), *prediction,
-                    None, "", None, None)
+                    None, None, "", None, None)
 
-        outputs = [class_filter, top_k, gallery_k, batch_k, gallery, failures, confusion, curves, about, label, info,
-                   gallery_label, gallery_info, table, csv_file]
+        outputs = [class_filter, top_k, gallery_k, batch_k, gallery, failures, confusion, calibration, curves, about,
+                   label, info, heatmap, gallery_label, gallery_info, table, csv_file]
         inputs = [model, image, top_k, gallery_k, batch_k]
         model.change(show_model, inputs, outputs, api_visibility="private")
         demo.load(show_model, inputs, outputs, api_visibility="private")
     return demo
+
+
+def prediction_classes(prediction: dict | None) -> gr.Dropdown:
+    """The heatmap's class choices: the classes of the top-k on screen, the top one first."""
+    classes = [c["label"] for c in (prediction or {}).get("confidences", [])]
+    return gr.Dropdown(choices=classes, value=classes[0] if classes else None)
 
 
 def monitoring_plots(app: App):

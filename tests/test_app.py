@@ -26,7 +26,7 @@ from classifier.predict import Predictor, app_torch_threads, load_predictors, us
 from .conftest import CLASSES, shape_image
 from .image_corpus import BAD, GOOD, GREY, write_corpus
 
-PUBLIC_ENDPOINTS = {"/predict", "/classify_batch", "/samples", "/model_info", "/stats"}
+PUBLIC_ENDPOINTS = {"/predict", "/explain", "/classify_batch", "/samples", "/model_info", "/stats"}
 
 
 @pytest.fixture(scope="session")
