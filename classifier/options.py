@@ -107,10 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "0 = off, needs --augment basic or strong)")
     train.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
     train.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0 = off)")
-    train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
-                       help="auto = bf16 where the device supports it (CUDA, recent CPUs), else no")
-    train.add_argument("--compile", action="store_true",
-                       help="torch.compile the model (inductor); compiling takes a while before the first step")
+    train.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"],
+                       help="default: what accelerate was told (accelerate config, accelerate launch "
+                            "--mixed_precision), else auto = bf16 where the device runs it natively (CPUs with "
+                            "AVX-512 BF16/AMX, Ampere and later GPUs), fp16 on other GPUs, else no")
+    train.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                       help="torch.compile the model (inductor); compiling takes a while before the first step "
+                            "(default: what accelerate was told, accelerate launch --dynamo_backend, else off)")
+    train.add_argument("--deterministic", action="store_true",
+                       help="reproducible over speed: no TF32 and no cudnn autotuning on CUDA (both on by "
+                            "default there), deterministic algorithms where torch has them")
     train.add_argument("--seed", type=int, default=0,
                        help="data order, split and initialisation; augmentation and dropout draw from seed + "
                             "process index")

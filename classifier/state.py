@@ -22,6 +22,8 @@ class Progress:
     epoch: int = 0
     batches_done: int = 0  # batches of `epoch` already trained
     optimizer_steps: int = 0
+    skipped_steps: int = 0  # fp16 updates the gradient scaler skipped (overflow); the lr schedule did not advance
+    compute_dtype: str = ""  # of the model's output in training: what mixed precision really did
     # sums over every process since the epoch began: loss (of the processes' mean, per batch), correct, seen
     running: dict = field(default_factory=new_running)
     history: list = field(default_factory=list)
