@@ -1,0 +1,160 @@
+"""Calibrated probabilities, the low-confidence hint and the class-activation heatmap, on models trained here."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from classifier.calibration import calibrate, fit_temperature, probabilities
+from classifier.model import load_folder
+from classifier.predict import Predictor
+
+from .conftest import FAST, create_served_app, serve, shape_image, train
+
+
+def test_a_fitted_temperature_undoes_a_known_overconfidence():
+    """Logits of a calibrated model (labels drawn from its own softmax) multiplied by 3: the fit finds T near 3."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4000, 5, generator=generator) * 2  # two views, as with the mirror
+    labels = torch.multinomial(probabilities(logits).float(), 1, generator=generator).squeeze(1)
+    assert fit_temperature(logits * 3, labels) == pytest.approx(3, rel=0.1)
+    record = calibrate(logits * 3, labels, logits * 3, labels)
+    assert record["after"]["nll"] < record["before"]["nll"] and record["after"]["ece"] < record["before"]["ece"]
+
+
+def test_training_fits_a_temperature_that_lowers_test_nll(trained):
+    """The run in the test suite: the temperature comes from validation and lowers the test NLL; config.json, the
+    reliability diagram and the card carry it."""
+    metrics = json.loads((trained / "metrics.json").read_text())
+    calibration = metrics["final"]["calibration"]
+    config = json.loads((trained / "config.json").read_text())
+    assert calibration["fitted_on"] == "validation" and metrics["final_split"] == "test"
+    assert abs(calibration["temperature"] - 1) > 0.02
+    assert calibration["after"]["nll"] < calibration["before"]["nll"]
+    assert config["temperature"] == pytest.approx(calibration["temperature"], rel=1e-5)
+    assert 0 < config["low_confidence_threshold"] < 1
+    assert (trained / "calibration.png").stat().st_size > 10_000
+    card = (trained / "README.md").read_text()
+    assert "## Calibration" in card and f"/ {calibration['temperature']:.4g})" in card
+
+
+def without_calibration(folder, destination):
+    shutil.copytree(folder, destination)
+    config = json.loads((destination / "config.json").read_text())
+    for key in ("temperature", "low_confidence_threshold"):
+        config.pop(key, None)
+    (destination / "config.json").write_text(json.dumps(config))
+    return destination
+
+
+def test_the_temperature_changes_the_probabilities_not_the_class(trained, tmp_path):
+    plain = without_calibration(trained, tmp_path / "plain")
+    images = [shape_image(c, random.Random(i), size=32) for i, c in enumerate(["red", "green", "blue", "yellow"])]
+    calibrated, uncalibrated = (Predictor(load_folder(f), "m").probabilities(images) for f in (trained, plain))
+    assert not torch.allclose(calibrated, uncalibrated, atol=1e-3)
+    assert torch.equal(calibrated.argmax(-1), uncalibrated.argmax(-1))
+    assert load_folder(plain).temperature == 1.0 and load_folder(plain).low_confidence_threshold is None
+
+
+def test_a_folder_without_calibration_still_serves(trained, tmp_path):
+    plain = without_calibration(trained, tmp_path / "old-model")
+    image = tmp_path / "red.png"
+    shape_image("red", random.Random(2), size=32).save(image)
+    with serve(create_served_app(plain)) as url:
+        label, summary = Client(url, verbose=False).predict(handle_file(str(image)), 2, api_name="/predict")
+    assert len(label["confidences"]) == 2 and "low confidence" not in summary
+
+
+def test_the_hint_appears_exactly_under_the_threshold(trained, tmp_path):
+    """With the threshold set between two images' calibrated top probabilities, the less sure one gets the hint
+    (summary and REST field), the surer one does not."""
+    import httpx
+
+    images = {name: shape_image(colour, random.Random(seed), size=32)
+              for name, colour, seed in (("a", "red", 3), ("b", "green", 4), ("c", "blue", 5), ("d", "yellow", 6))}
+    predictor = Predictor(load_folder(trained), "m")
+    tops = {name: float(p.max()) for name, p in zip(images, predictor.probabilities(list(images.values())))}
+    unsure, sure = min(tops, key=tops.get), max(tops, key=tops.get)
+    assert tops[sure] > tops[unsure]
+    folder = tmp_path / "hinted"
+    shutil.copytree(trained, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["low_confidence_threshold"] = (tops[sure] + tops[unsure]) / 2
+    (folder / "config.json").write_text(json.dumps(config))
+    with serve(create_served_app(folder)) as url:
+        client = Client(url, verbose=False)
+        for name, expected in ((unsure, True), (sure, False)):
+            path = tmp_path / f"{name}.png"
+            images[name].save(path)
+            _, summary = client.predict(handle_file(str(path)), 1, api_name="/predict")
+            assert ("may not be one of this model's classes" in summary) is expected, (name, summary)
+            rest = httpx.post(f"{url}api/classify", files={"file": (path.name, path.read_bytes(), "image/png")}).json()
+            assert rest["low_confidence"] is expected
+            _, details = client.predict(handle_file(str(path)), None, api_name="/explain")
+            assert details["low_confidence"] is expected
+
+
+@pytest.fixture(scope="module")
+def trained_96(parquet_repo, tmp_path_factory):
+    """The blob model at 96 px, where resnet18's last stage is a 3x3 map: coarse, but a heatmap can move."""
+    out = tmp_path_factory.mktemp("run96") / "model"
+    args = [a if a != "32" else "96" for a in FAST]  # --img-size 96
+    train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "5", "--optimizer", "adamw", "--lr", "3e-3",
+          "--weight-decay", "0.05", "--mixed-precision", "no", "--samples-per-class", "0", "--failure-samples", "0",
+          *args)
+    return out
+
+
+def square_on_noise(corner: str, size: int = 96) -> Image.Image:
+    image = Image.effect_noise((size, size), 40).convert("RGB")
+    side = size // 3
+    x, y = (4, 4) if corner == "top-left" else (size - side - 4, size - side - 4)
+    image.paste((40, 60, 220), (x, y, x + side, y + side))  # a blue square: the class "blue"
+    return image
+
+
+def test_the_heatmap_follows_the_object(trained_96, tmp_path):
+    """The /explain endpoint returns an overlay of the input's size; its hottest region sits on the blue square,
+    top-left in one image and bottom-right in the other."""
+    with serve(create_served_app(trained_96)) as url:
+        client = Client(url, verbose=False)
+        hottest = {}
+        for corner in ("top-left", "bottom-right"):
+            image = square_on_noise(corner)
+            path = tmp_path / f"{corner}.png"
+            image.save(path)
+            heatmap_path, details = client.predict(handle_file(str(path)), "blue", None, api_name="/explain")
+            heatmap = Image.open(heatmap_path).convert("RGB")
+            assert heatmap.size == image.size and details["class"] == "blue"
+            # overlay = 0.5 image + 0.5 colour map (jet: red where hot, blue where cold): take the image back out
+            colour = 2 * np.asarray(heatmap, dtype=np.float64) - np.asarray(image, dtype=np.float64)
+            heat = colour[..., 0] - colour[..., 2]
+            ys, xs = np.nonzero(heat >= np.quantile(heat, 0.95))  # the hottest twentieth of the image
+            hottest[corner] = (xs.mean(), ys.mean())
+    (x0, y0), (x1, y1) = hottest["top-left"], hottest["bottom-right"]
+    # the map is 3x3 at this input size and a cell sees beyond itself: the heat moves with the square, by over a
+    # sixth of the image in each direction, and sits in the right half for the bottom-right square
+    assert x1 - x0 > 16 and y1 - y0 > 16, hottest
+    assert x1 > 48 and y1 > 48 and x0 < 48 and y0 < 48, hottest
+
+
+def test_a_model_without_feature_stages_says_so(trained):
+    """A heatmap needs a convolutional feature map; a model without one gets a message, not a crash."""
+    from classifier.explain import ExplainError, class_activation
+
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3 * 32 * 32, 4)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    with pytest.raises(ExplainError, match="feature stages"):
+        class_activation(Flat(), torch.zeros(1, 3, 32, 32), 0)
