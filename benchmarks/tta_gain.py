@@ -11,12 +11,12 @@ import argparse
 import sys
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 
 from classifier.data import decode_split, load_splits
 from classifier.model import load_folder
 from classifier.engine import eval_loader, evaluate_split
-from classifier.train import describe_hardware, resolve_mixed_precision
+from classifier.hardware import describe_hardware, resolve_precision
 
 
 def main(argv=None) -> int:
@@ -30,7 +30,8 @@ def main(argv=None) -> int:
                         help="as train_accelerate.py's (auto = bf16 where supported)")
     args = parser.parse_args(argv)
 
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(args.mixed_precision))
+    device_type = PartialState().device.type
+    accelerator = Accelerator(mixed_precision=resolve_precision(args.mixed_precision, device_type)[0])
     loaded = load_folder(args.model)
     splits = load_splits(args.dataset, val_fraction=args.val_fraction, seed=args.seed)
     size, num_classes = loaded.data_config["input_size"][-1], len(splits.label_names)

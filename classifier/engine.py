@@ -145,6 +145,8 @@ def train_one_epoch(epoch: int, state: TrainState, train_data: TensorSplit | Str
     img_size = progressive_img_size(epoch, args.epochs, args.min_img_size, args.img_size, args.resize_ramp)
     desc = f"epoch {epoch + 1}/{args.epochs}" + (f" at {img_size}px" if img_size != args.img_size else "")
     inputs = training_inputs(train_data, batches[progress.batches_done:], accelerator.device, args.data_workers)
+    if not progress.compute_dtype:
+        record_compute_dtype(state)
     window = Window(time.perf_counter())
     with tqdm(total=len(batches), initial=progress.batches_done, desc=desc,
               disable=not accelerator.is_local_main_process, dynamic_ncols=True) as bar:
@@ -193,10 +195,20 @@ def train_step(state: TrainState, recipe: Recipe, accelerator: Accelerator, imag
             progress.skipped_steps += 1
         else:
             state.scheduler.step()
-    if not progress.compute_dtype:
-        progress.compute_dtype = str(logits.dtype).removeprefix("torch.")  # what autocast really computed in
     mark_step(accelerator)
     return loss, logits, y
+
+
+def record_compute_dtype(state: TrainState) -> None:
+    """Record in state.progress the dtype the model's first layer computes in at the next training step: what
+    autocast really did (the model's output says nothing, accelerate converts it to float32)."""
+    first = next(m for m in state.model.modules() if not list(m.children()) and list(m.parameters(recurse=False)))
+
+    def hook(module, inputs, output):
+        state.progress.compute_dtype = str(output.dtype).removeprefix("torch.")
+        handle.remove()
+
+    handle = first.register_forward_hook(hook)
 
 
 def mark_step(accelerator: Accelerator) -> None:
@@ -254,7 +266,7 @@ class Window:
         progress.running["correct"] += correct
         progress.running["seen"] += self.seen
         progress.running["seconds"] += self.elapsed
-        progress.running.setdefault("window_rates", []).append(self.seen / self.elapsed)  # images/s of each window
+        progress.running.setdefault("windows", []).append([self.seen, self.elapsed])
         return losses
 
 
@@ -270,7 +282,7 @@ def epoch_record(state: TrainState, epoch: int, img_size: int, batches: int, val
         "val_accuracy": val["accuracy"],
         "val_f1": val["f1"],
         "seconds": running["seconds"],  # training steps only
-        "window_images_per_second": running.get("window_rates", []),  # every WINDOW batches (benchmarks use them)
+        "windows": running.get("windows", []),  # [images, seconds] of each WINDOW batches: the benchmarks' rates
         "elapsed_seconds": time.perf_counter() - started,  # since the run started: loading, decoding, evals
     }
     state.progress.history.append(record)

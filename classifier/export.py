@@ -31,6 +31,7 @@ class RunFacts:
     distributed_type: str  # accelerate's DistributedType: NO, MULTI_CPU, MULTI_GPU, ...
     num_machines: int = 1
     compute_dtype: str = ""  # of the model's output in training: what autocast really computed in
+    peak_device_memory_mb: float | None = None  # CUDA: the most this process's tensors took (torch's allocator)
 
     def describe(self) -> str:
         processes = "1 process" if self.num_processes == 1 else f"{self.num_processes} processes"
@@ -74,7 +75,8 @@ def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_fi
                          resolved_mixed_precision=facts.mixed_precision, resolved_data_path=facts.data_path,
                          hardware=facts.hardware, num_processes=facts.num_processes,
                          distributed_type=facts.distributed_type, num_machines=facts.num_machines,
-                         compute_dtype=facts.compute_dtype, command=command)
+                         compute_dtype=facts.compute_dtype, peak_device_memory_mb=facts.peak_device_memory_mb,
+                         command=command)
     (staging / "training_args.json").write_text(json.dumps(training_args, indent=2, default=str))
     if metrics["history"]:
         report.plot_curves(metrics["history"], staging / report.CURVES_NAME)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.utils import parse_flag_from_env
 
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .data import DataError, Splits, StreamedSplit, TensorSplit, decode_split, load_splits, streams, typical_size
@@ -43,8 +44,10 @@ LOG_DIR = "logs"
 def create_accelerator(args) -> Accelerator:
     """Precision and compilation: our flag, else accelerate's setting, else auto (classifier.hardware)."""
     report_to = None if args.report_to == "none" else args.report_to.split(",")
-    # the process group first (accelerate's own device choice, with our timeout): `auto` depends on the device
-    device_type = PartialState(**process_group_kwargs(args.ddp_timeout).to_kwargs()).device.type
+    # the process group first (accelerate's own device choice, with our timeout; ACCELERATE_USE_CPU read as
+    # AcceleratorState reads it): `auto` depends on the device
+    device_type = PartialState(parse_flag_from_env("ACCELERATE_USE_CPU"),
+                               **process_group_kwargs(args.ddp_timeout).to_kwargs()).device.type
     precision, source = resolve_precision(args.mixed_precision, device_type)
     accelerator = Accelerator(
         mixed_precision=precision,
@@ -325,9 +328,14 @@ def export_run(args, accelerator: Accelerator, training: Training, data: RunData
         facts = RunFacts(training.weights_source, training.model_args, accelerator.mixed_precision,
                          "stream" if data.streamed else "memory", describe_hardware(accelerator.device),
                          accelerator.num_processes, accelerator.distributed_type.value,
-                         accelerator.num_processes // local_process_count(accelerator), progress.compute_dtype)
+                         accelerator.num_processes // local_process_count(accelerator), progress.compute_dtype,
+                         peak_device_memory_mb(accelerator.device))
         write_model_folder(args, exported_model(accelerator, training), metrics, facts, add_samples)
         accelerator.print(f"Model folder: {Path(args.output_dir).resolve()}")
+
+
+def peak_device_memory_mb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def stop(error: Exception, args) -> None:
