@@ -248,6 +248,10 @@ class App:
             "test_time_augmentation": p.loaded.tta,
             "metrics_split": p.metrics.get("final_split"),
             "metrics": {key: final.get(key) for key, _ in METRIC_ROWS if key in final},
+            "temperature": p.loaded.temperature,
+            "low_confidence_threshold": p.loaded.low_confidence_threshold,
+            "calibration": ({when: {k: final["calibration"][when][k] for k in ("ece", "nll")} for when in ("before", "after")}
+                            if "calibration" in final else None),
             "training_command": public_command(p.training_args.get("command")),
             "dataset": public_name(p.training_args.get("dataset")),
         }
@@ -259,6 +263,14 @@ class App:
                          for key, label in METRIC_ROWS if key in values)
         metrics = f"| metric ({info['metrics_split']}) | value |\n|---|---|\n{rows}" if rows else "No metrics recorded."
         command = f"```\n{info['training_command']}\n```" if info["training_command"] else "not recorded"
+        calibration = info["calibration"]
+        if calibration:
+            before, after = calibration["before"], calibration["after"]
+            metrics += (f"\n\nProbabilities are calibrated: divided by a temperature of {info['temperature']:.3g} "
+                        f"(fitted on validation), which takes the expected calibration error from "
+                        f"{100 * before['ece']:.2f} % to {100 * after['ece']:.2f} % on {info['metrics_split']}. "
+                        f"Under {100 * info['low_confidence_threshold']:.0f} % the prediction carries a hint that the "
+                        f"image may not be one of these classes.")
         flip = " · predictions average each image and its mirror" if info["test_time_augmentation"] == "flip" else ""
         size = info["input_size"]
         return (f"### {info['name']}\n`{info['architecture']}` · input {size}×{size} px{flip} · "

@@ -158,3 +158,25 @@ def test_a_model_without_feature_stages_says_so(trained):
 
     with pytest.raises(ExplainError, match="feature stages"):
         class_activation(Flat(), torch.zeros(1, 3, 32, 32), 0)
+
+
+def test_recalibrating_a_folder_reproduces_the_runs_own_fit(trained, tmp_path):
+    """`python -m classifier.recalibrate` on a folder without calibration rebuilds the run's validation split and
+    finds the temperature the run found (fp32 both times), writing the same keys, record, plot and card section."""
+    from classifier.recalibrate import main
+
+    plain = without_calibration(trained, tmp_path / "plain")
+    (plain / "calibration.png").unlink()
+    expected = json.loads((trained / "metrics.json").read_text())["final"]["calibration"]
+    assert main([str(plain)]) == 0
+    config = json.loads((plain / "config.json").read_text())
+    assert config["temperature"] == pytest.approx(expected["temperature"], rel=1e-4)
+    assert config["low_confidence_threshold"] == pytest.approx(expected["low_confidence_threshold"], rel=1e-4)
+    record = json.loads((plain / "metrics.json").read_text())["final"]["calibration"]
+    assert record["after"]["nll"] == pytest.approx(expected["after"]["nll"], rel=1e-4)
+    card = (plain / "README.md").read_text()
+    assert card.count("## Calibration") == 1 and f"(model(x) / {config['temperature']:.4g})" in card
+    assert (plain / "calibration.png").is_file()
+    assert main([str(plain)]) == 0  # again: still one section, one temperature in the snippet
+    card = (plain / "README.md").read_text()
+    assert card.count("## Calibration") == 1 and card.count("the calibration temperature") == 1
