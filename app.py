@@ -12,7 +12,7 @@ import uvicorn
 
 from classifier.model import ModelSourceError
 from classifier.monitor import RequestMonitor
-from classifier.predict import load_predictors
+from classifier.predict import INFERENCE_PRECISIONS, load_predictors
 from classifier.server import create_app
 from classifier.security import FRAME_ANCESTORS
 from classifier.service import App
@@ -22,6 +22,9 @@ parser.add_argument("--model", help="Hub model id or local folder; the app exits
 parser.add_argument("--revision", default=os.environ.get("MODEL_REVISION"), help="Hub revision (env MODEL_REVISION)")
 parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
 parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", os.environ.get("PORT", 7860))))
+parser.add_argument("--inference-precision", choices=INFERENCE_PRECISIONS,
+                    default=os.environ.get("INFERENCE_PRECISION", "auto"),
+                    help="auto: bf16 where the CPU runs it natively, else fp32; fp32 to force it (env INFERENCE_PRECISION)")
 parser.add_argument("--private-stats", action="store_true", default=os.environ.get("PUBLIC_STATS", "1") == "0",
                     help="no Monitoring tab and no /stats endpoint (env PUBLIC_STATS=0); the request log is kept")
 parser.add_argument("--frame-ancestors", default=os.environ.get("FRAME_ANCESTORS", FRAME_ANCESTORS),
@@ -33,7 +36,7 @@ if __name__ == "__main__":
     try:
         # an explicit --model must load; MODEL_ID (a Space's setting) falls back to the bundled models with a notice
         predictors, notice = load_predictors(args.model or os.environ.get("MODEL_ID"), args.revision,
-                                             fallback=args.model is None)
+                                             fallback=args.model is None, precision=args.inference_precision)
     except ModelSourceError as e:
         raise SystemExit(f"error: {e}")
     app = create_app(App(predictors, RequestMonitor()), notice, public_stats=not args.private_stats,

@@ -316,3 +316,22 @@ def test_samples_take_each_models_own_classes(client):
     assert forest and all(item["caption"].startswith(("✓ forest ", "✗ forest → ")) for item in forest)
     with pytest.raises(Exception, match="'cat' is not a class of intel-resnet18"):
         client.predict("cat", "intel-resnet18", api_name="/samples")
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_the_inference_precision_takes_effect(trained, precision, dtype):
+    """--inference-precision reaches the forward pass: the first convolution computes in the asked dtype, and the
+    answer is the same class either way."""
+    predictor = next(iter(load_predictors(str(trained), precision=precision)[0].values()))
+    assert predictor.precision == precision
+    seen = []
+    hook = predictor.model.conv1.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    image = shape_image("red", random.Random(12), size=32)
+    try:
+        probs = predictor.probabilities([image])[0]
+    finally:
+        hook.remove()
+    assert seen == [dtype] and probs.dtype == torch.float32
+    reference = Predictor(load_folder(trained), "fp32", "fp32").probabilities([image])[0]
+    assert probs.argmax() == reference.argmax()
+    torch.testing.assert_close(probs, reference, atol=0.02, rtol=0)
