@@ -28,10 +28,10 @@ import torch
 from gradio_client import Client, handle_file
 
 from benchmarks.load_app import free_port, run_client, start_app, start_server
+from classifier.hardware import cpu_supports_bf16, describe_hardware
 from classifier.images import open_rgb
 from classifier.model import view_probabilities
-from classifier.predict import load_predictors, on_torch_thread, usable_cpus
-from classifier.train import describe_hardware
+from classifier.predict import Predictor, load_predictors, on_torch_thread, usable_cpus
 
 
 def percentiles(seconds: list[float]) -> tuple[float, float]:
@@ -123,11 +123,19 @@ def main(argv=None) -> int:
     if cores != app_threads:
         rows[f"model-only, {cores} threads (not the app's setting)"] = percentiles(
             on_torch_thread(with_threads, cores, timed, model_only, args.requests))
-    rows["Predictor"] = percentiles(timed(lambda: predictor.classify(data), args.requests))
-    batch = [open_rgb(data)] * 256
-    start = time.perf_counter()
-    predictor.classify_many(batch)
-    batch_rate = len(batch) / (time.perf_counter() - start)
+    # the app's precision (auto: bf16 where the CPU runs it natively), and the other one beside it
+    other = "fp32" if predictor.precision == "bf16" else "bf16"
+    by_precision = {predictor.precision: predictor}
+    if cpu_supports_bf16():
+        by_precision[other] = Predictor(predictor.loaded, predictor.name, other)
+    batch, batch_rates = [open_rgb(data)] * 256, {}
+    for precision, p in by_precision.items():
+        suffix = f" ({precision}{', the app' if p is predictor else ''})"
+        rows["Predictor" + suffix] = percentiles(timed(lambda: p.classify(data), args.requests))
+        p.classify_many(batch[:32])  # warm-up
+        start = time.perf_counter()
+        p.classify_many(batch)
+        batch_rates[suffix] = len(batch) / (time.perf_counter() - start)
 
     port = free_port()
     app = start_app(args.model, port)
@@ -157,7 +165,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|")
     for name, (p50, p95) in rows.items():
         print(f"| {name} | {p50:.1f} | {p95:.1f} | |")
-    print(f"| Predictor batch of 256 | | | {batch_rate:.0f} images/s |")
+    for suffix, rate in batch_rates.items():
+        print(f"| Predictor batch of 256{suffix} | | | {rate:.0f} images/s |")
     for name, r in (("gradio_client -> app", ours), ("gradio_client -> no-op (Gradio's floor)", floor)):
         print(f"| {name} | {r['p50']:.1f} | {r['p95']:.1f} | {r['rate']:.1f} requests/s with {args.clients} "
               f"clients ({r['failed']} failed) |")

@@ -129,3 +129,14 @@ def test_the_screenshot_script_makes_every_picture(tmp_path):
              for name in ("classify", "gallery", "failures", "about", "monitoring")}
     assert all(len(data) > 20_000 for data in shots.values())
     assert len(set(shots.values())) == len(shots)  # five different pictures, no tab shot twice
+
+
+def test_the_heatmap_is_shown_on_request(page, tmp_path):
+    page.get_by_role("tab", name="Classify").click()
+    image = tmp_path / "for-heatmap.png"
+    shape_image("yellow", random.Random(21), size=64).save(image)
+    page.locator("#upload input[type=file]").set_input_files(str(image))
+    expect(page.locator("#summary")).to_contain_text("inference", timeout=30_000)
+    page.locator("#explain").get_by_text("Where the model looked").click()
+    page.get_by_role("button", name="Show heatmap").click()
+    expect(page.locator("#heatmap img")).to_be_visible(timeout=30_000)
