@@ -6,6 +6,8 @@ device, instead of per-sample PIL transforms in DataLoader workers, is what keep
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from timm.data.random_erasing import RandomErasing
@@ -37,7 +39,11 @@ class BatchAugment:
         self.trivial = v2.TrivialAugmentWide()
         # per-pixel noise in normalised units, like the rest of the image; after the resize, so that boxes have
         # sharp edges at the training size
-        self.erase = RandomErasing(random_erase, mode="pixel", device=device) if random_erase > 0 else None
+        # timm's own on a CPU, where slicing each image's box is cheapest (5 ms for 256 images at 96 px, against
+        # 45 ms for the mask's noise over every pixel); elsewhere the fixed-shape version (see RandomErase)
+        erase = RandomErasing(random_erase, mode="pixel", device=device) if torch.device(device).type == "cpu" \
+            else RandomErase(random_erase)
+        self.erase = erase if random_erase > 0 else None
 
     def __call__(self, images: torch.Tensor, out_size: int | None = None) -> torch.Tensor:
         """`out_size` overrides the output size for this batch (progressive resizing)."""
@@ -83,3 +89,37 @@ class BatchAugment:
         grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
         # reflection fills the border the way reflect-padding before a random crop does
         return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+class RandomErase:
+    """timm's RandomErasing (one box of per-pixel noise per image, mode "pixel") as a few whole-batch tensor ops.
+    The boxes are drawn as timm draws them: with probability `probability` an image gets one, of 2-33 % of its
+    area and an aspect ratio log-uniform in 0.3-3.3, the first of 10 tries that fits, at a uniform position. But
+    the box is a mask over the whole image rather than a slice of random size, so every tensor keeps its shape
+    from step to step: XLA (TPU) compiles one graph instead of one per box size, and a GPU runs a handful of
+    kernels instead of a Python loop of them per image."""
+
+    def __init__(self, probability: float, min_area: float = 0.02, max_area: float = 1 / 3,
+                 min_aspect: float = 0.3, attempts: int = 10):
+        self.probability, self.min_area, self.max_area, self.attempts = probability, min_area, max_area, attempts
+        self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        device = x.device
+        area = torch.empty(b, self.attempts, device=device).uniform_(self.min_area, self.max_area) * (h * w)
+        aspect = torch.empty(b, self.attempts, device=device).uniform_(*self.log_aspect).exp()
+        heights, widths = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()
+        fits = (heights < h) & (widths < w)
+        first = fits.int().argmax(dim=1, keepdim=True)  # the first try that fits (0 when none does: not erased)
+        height, width = heights.gather(1, first).squeeze(1), widths.gather(1, first).squeeze(1)
+        erased = (torch.rand(b, device=device) < self.probability) & fits.any(dim=1)
+        top = (torch.rand(b, device=device) * (h - height + 1)).floor()
+        left = (torch.rand(b, device=device) * (w - width + 1)).floor()
+        rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
+        in_rows = (rows >= top[:, None]) & (rows < (top + height)[:, None])
+        in_cols = (cols >= left[:, None]) & (cols < (left + width)[:, None])
+        box = (in_rows[:, :, None] & in_cols[:, None, :] & erased[:, None, None]).unsqueeze(1)  # (b, 1, h, w)
+        # noise drawn in the image's memory order: randn_like on a channels_last tensor is 5x slower on a CPU
+        noise = torch.randn(b, h, w, x.shape[1], device=device, dtype=x.dtype).permute(0, 3, 1, 2)
+        return torch.where(box, noise, x)

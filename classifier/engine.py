@@ -297,18 +297,19 @@ def evaluate_split(model, loader, accelerator, mean, std, num_classes: int,
     return split_metrics(*collect_view_logits(model, loader, accelerator, mean, std, tta), num_classes, tta)
 
 
-@torch.inference_mode()
 def collect_view_logits(model, loader, accelerator, mean, std, tta: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(float logits of every test-time view (views, N, classes), labels (N,)) over a split, in split order; under
     N processes gather_for_metrics drops the padding so each sample counts once, and every process gets all."""
     model.eval()
     logits, labels = [], []
-    for images, y in loader:
-        x = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
-        with accelerator.autocast():
-            views = view_logits(model, x, tta)
-        v, y = accelerator.gather_for_metrics((views.transpose(0, 1).contiguous(), y))  # gathered along images
-        logits.append(v.transpose(0, 1).cpu()), labels.append(y.cpu())
+    # torch-xla's tensors cannot live in inference mode (a version counter error): no_grad there
+    with torch.no_grad() if accelerator.distributed_type == DistributedType.XLA else torch.inference_mode():
+        for images, y in loader:
+            x = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
+            with accelerator.autocast():
+                views = view_logits(model, x, tta)
+            v, y = accelerator.gather_for_metrics((views.transpose(0, 1).contiguous(), y))  # gathered along images
+            logits.append(v.transpose(0, 1).cpu()), labels.append(y.cpu())
     return torch.cat(logits, dim=1), torch.cat(labels)
 
 

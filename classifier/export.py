@@ -63,8 +63,8 @@ def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_fi
     staging.mkdir(parents=True)
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     preset = find_preset(args.dataset)
-    # safetensors stores contiguous tensors only; channels_last was for speed
-    model = model.to(memory_format=torch.contiguous_format, dtype=getattr(torch, args.weights_dtype))
+    # safetensors stores contiguous CPU tensors only (channels_last was for speed; XLA tensors have no storage)
+    model = model.to("cpu", memory_format=torch.contiguous_format, dtype=getattr(torch, args.weights_dtype))
     label_names, final, final_split = metrics["label_names"], metrics["final"], metrics["final_split"]
     calibration = final.get("calibration")
     export(model, staging, label_names, data_config(args.img_size, mean, std), facts.model_args,

@@ -192,3 +192,26 @@ def test_the_bound_and_the_loop_are_timed_in_the_same_windows(trained):
     assert len(rate.windows) == 3  # 10 + 10 + 5 steps
     spread = Rate([90.0, 100.0, 120.0]).ratio(Rate([95.0, 100.0]))
     assert spread == "1.03 (0.90-1.26)"  # medians 100 and 97.5
+
+
+def test_fixed_shape_random_erasing_draws_timms_boxes():
+    """The erasing used off the CPU (XLA needs fixed shapes) draws the boxes timm's RandomErasing draws."""
+    import random
+
+    from timm.data.random_erasing import RandomErasing
+
+    from classifier.augment import RandomErase
+
+    torch.manual_seed(0), random.seed(0)
+    ours = (RandomErase(1.0)(torch.zeros(4000, 3, 32, 32)) != 0)
+    theirs = (RandomErasing(1.0, mode="pixel", device="cpu")(torch.zeros(4000, 3, 32, 32)) != 0)
+    assert torch.equal(ours[:, 0], ours[:, 1])  # the same box on every channel
+    share, timm_share = ours[:, 0].float().mean((1, 2)), theirs[:, 0].float().mean((1, 2))
+    assert share.mean().item() == pytest.approx(timm_share.mean().item(), abs=0.005)  # 2-33 % of the area
+    assert share.min() == timm_share.min() and share.max() == timm_share.max()
+    for mask in ours[:50, 0]:  # one solid rectangle each
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+        assert mask.sum() == len(rows) * len(cols)
+    half = (RandomErase(0.5)(torch.zeros(4000, 1, 8, 8)) != 0).flatten(1).any(1).float().mean().item()
+    assert half == pytest.approx(0.5, abs=0.03)
