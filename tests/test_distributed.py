@@ -211,3 +211,26 @@ def test_undecodable_image_streamed_on_the_other_process_stops_both(broken_train
 def test_data_error_while_the_main_process_fills_the_cache_stops_both(broken_train_split, tmp_path):
     error = stops_together(broken_train_split, tmp_path / "out", "--data-path", "memory")
     assert f"decode train: row {BAD_ROW} (broken.png)" in error
+
+
+def test_two_machines_on_loopback_train_as_one_run(parquet_repo, tmp_path):
+    """README's launch line for 2 machines (accelerate launch --num_machines 2 --machine_rank R --main_process_ip),
+    both "machines" on this one with a process each: the wiring across machines, not a network."""
+    from .conftest import free_port
+
+    port = free_port()
+    out = tmp_path / "model"
+    launchers = [subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2", "--machine_rank",
+         str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--num_processes", "2",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "train_accelerate.py", "--dataset", str(parquet_repo),
+         "--output-dir", str(out), "--epochs", "1", "--img-size", "32", "--batch-size", "16", "--max-train-samples",
+         "64", "--max-eval-samples", "16", "--no-pretrained", "--samples-per-class", "0", "--failure-samples", "0"],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [launcher.communicate(timeout=300) for launcher in launchers]
+    for launcher, (stdout, stderr) in zip(launchers, outputs):
+        assert launcher.returncode == 0, stderr[-3000:]
+    record = json.loads((out / "training_args.json").read_text())
+    assert (record["num_processes"], record["num_machines"], record["distributed_type"]) == (2, 2, "MULTI_CPU")
+    assert "2 processes on 2 machines" in (out / "README.md").read_text()
+    assert sum(stdout.count("Model folder:") for stdout, _ in outputs) == 1  # machine 0's main process wrote it
