@@ -11,6 +11,7 @@ that is read through `StreamedSplit` instead: the same decoding per batch, in Da
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import timm.data
 import torch
 from tqdm.auto import tqdm
 
+from .hub import hub_unreachable
 from .images import BadImageError, open_rgb
 from .presets import PRESETS
 
@@ -62,6 +64,7 @@ def load_dataset_dict(spec: str) -> datasets.DatasetDict:
     try:
         if spec in PRESETS:
             preset = PRESETS[spec]
+            require_hub(spec, preset.path)
             return datasets.load_dataset(preset.path, data_files=preset.data_files)
         folder = Path(spec).expanduser()
         if folder.is_dir():
@@ -77,12 +80,30 @@ def load_dataset_dict(spec: str) -> datasets.DatasetDict:
             return datasets.load_dataset(str(folder))
         if folder.exists():
             raise DataError(f"{spec!r} is a file; --dataset takes a folder, a preset or a Hub dataset id.")
+        require_hub(spec, spec)
         return datasets.load_dataset(spec)
     except DataError:
         raise
     except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError...)
+        if spec in PRESETS:  # offline mode without a cached copy, or a Hub error
+            raise DataError(f"Cannot load the preset {spec!r} ({PRESETS[spec].path}: {type(e).__name__}: {e}); "
+                            f"{local_copy_hint(PRESETS[spec].path)}.") from e
         hint = f"presets: {', '.join(PRESETS)}; or a local folder; or a Hub dataset id"
         raise DataError(f"Cannot load dataset {spec!r} ({type(e).__name__}: {e}). Expected one of {hint}.") from e
+
+
+def local_copy_hint(hub_id: str) -> str:
+    """Where a copy of a preset's dataset lies on this project's machines (README's local copies)."""
+    folder = f"../shared/data/{hub_id.split('/')[-1]}" if hub_id in {p.path for p in PRESETS.values()} \
+        else "<a folder>"
+    return f"use a local folder: --dataset {folder} (a copy laid out like {hub_id})"
+
+
+def require_hub(spec: str, hub_id: str) -> None:
+    """Fail at once, in one line, when the Hub cannot be reached, instead of after the retries."""
+    why = hub_unreachable()
+    if why:
+        raise DataError(f"cannot reach the Hub ({why}) to load {spec!r}; {local_copy_hint(hub_id)}.")
 
 
 def _find_column(features: datasets.Features, kind: type, override: str | None, role: str, flag: str) -> str:
@@ -202,6 +223,28 @@ def pil_stage(size: int, interpolation: str = "bilinear", crop_pct: float = 1.0)
     return apply
 
 
+def local_copy_note(spec: str, split_name: str, split: datasets.Dataset, image_column: str) -> str:
+    """For the model card: that `split_name` came from a local folder, and how its images are stored (a JPEG
+    re-encoding of a dataset changes its pixels, so figures may differ from the Hub copy's). "" for the Hub."""
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        return ""
+    preset = next((p for p in PRESETS.values() if p.path.split("/")[-1] == folder.resolve().name), None)
+    first = split.cast_column(image_column, datasets.Image(decode=False))[0][image_column]
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(first["bytes"]) if first["bytes"] else first["path"]) as image:
+            stored = image.format or "unknown"
+    except OSError:
+        stored = "unknown"
+    copy = f", a copy laid out like the Hub's `{preset.path}`" if preset else ""
+    reencoded = ("; a JPEG copy of a dataset is a re-encoding with pixels of its own, so figures on the original "
+                 "may differ a little") if stored == "JPEG" else ""
+    return (f"The {split_name} split is a local copy: read from the folder `{folder.resolve().name}`{copy}, not from "
+            f"the Hub, its images stored as {stored} files{reencoded}.")
+
+
 def typical_size(split: datasets.Dataset, image_column: str, sample: int = 32) -> int:
     """Median shorter side of a few images: the resolution worth caching training images at."""
     rows = split.select(range(min(sample, len(split))))
@@ -241,6 +284,7 @@ def decode_split(
     desc: str = "decode",
     use_cache: bool = True,
     workers: int = 0,
+    progress: bool = True,
 ) -> TensorSplit:
     """The split as uint8 tensors, from the cache when it holds it. Cached images come back memory-mapped
     (copy-on-write, never written): every process reading the cache shares the same pages of RAM."""
@@ -264,7 +308,7 @@ def decode_split(
     labels = np.empty(len(stream), dtype=np.int64)
     rows = np.empty(len(stream), dtype=np.int64)
     try:
-        kept = _decode_into(images, labels, rows, stream, skip_bad_images, desc, workers)
+        kept = _decode_into(images, labels, rows, stream, skip_bad_images, desc, workers, progress)
     except BaseException:
         if use_cache:
             tmp_images.unlink(missing_ok=True)
@@ -285,7 +329,7 @@ def decode_split(
 
 
 def _decode_into(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, stream: StreamedSplit,
-                 skip_bad_images: bool, desc: str, workers: int) -> int:
+                 skip_bad_images: bool, desc: str, workers: int, progress: bool = True) -> int:
     """Fill the arrays with the decodable images in split order; -> how many there are."""
     kept = 0
     chunks = [list(range(start, min(start + 256, len(stream)))) for start in range(0, len(stream), 256)]
@@ -295,7 +339,7 @@ def _decode_into(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, strea
                                          # its own generator: decoding (or not, from the cache) leaves the
                                          # global RNG, which initialises the model, where it was
                                          generator=torch.Generator().manual_seed(0))
-    with tqdm(total=len(stream), desc=desc, unit="img", disable=None) as bar:
+    with tqdm(total=len(stream), desc=desc, unit="img", disable=not progress) as bar:
         for batch_images, batch_labels, batch_rows, failed in loader:
             if failed and not skip_bad_images:
                 raise undecodable(desc, failed[0])

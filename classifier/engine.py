@@ -292,19 +292,21 @@ def epoch_record(state: TrainState, epoch: int, img_size: int, batches: int, val
 
 
 def evaluate_split(model, loader, accelerator, mean, std, num_classes: int,
-                   tta: str = "none") -> tuple[dict, torch.Tensor]:
+                   tta: str = "none", desc: str = "evaluate") -> tuple[dict, torch.Tensor]:
     """Metrics and per-sample probabilities (in split order) over a split; see split_metrics."""
-    return split_metrics(*collect_view_logits(model, loader, accelerator, mean, std, tta), num_classes, tta)
+    return split_metrics(*collect_view_logits(model, loader, accelerator, mean, std, tta, desc), num_classes, tta)
 
 
-def collect_view_logits(model, loader, accelerator, mean, std, tta: str) -> tuple[torch.Tensor, torch.Tensor]:
+def collect_view_logits(model, loader, accelerator, mean, std, tta: str,
+                        desc: str = "evaluate") -> tuple[torch.Tensor, torch.Tensor]:
     """(float logits of every test-time view (views, N, classes), labels (N,)) over a split, in split order; under
     N processes gather_for_metrics drops the padding so each sample counts once, and every process gets all."""
     model.eval()
     logits, labels = [], []
     # torch-xla's tensors cannot live in inference mode (a version counter error): no_grad there
     with torch.no_grad() if accelerator.distributed_type == DistributedType.XLA else torch.inference_mode():
-        for images, y in loader:
+        for images, y in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process,
+                              dynamic_ncols=True):
             x = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
             with accelerator.autocast():
                 views = view_logits(model, x, tta)

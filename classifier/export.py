@@ -15,7 +15,7 @@ from . import report
 from .calibration import plot_reliability
 from .model import data_config, export, replace_folder_contents
 from .options import dataset_slug
-from .presets import find_preset
+from .presets import PRESETS, find_preset
 from .state import TrainingError
 
 
@@ -32,12 +32,22 @@ class RunFacts:
     num_machines: int = 1
     compute_dtype: str = ""  # of the model's output in training: what autocast really computed in
     peak_device_memory_mb: float | None = None  # CUDA: the most this process's tensors took (torch's allocator)
+    data_note: str = ""  # for the card: where the evaluated split came from when it was not the Hub
 
     def describe(self) -> str:
         processes = "1 process" if self.num_processes == 1 else f"{self.num_processes} processes"
         machines = f" on {self.num_machines} machines" if self.num_machines > 1 else ""
         return (f"{processes}{machines} (accelerate {self.distributed_type}), mixed precision {self.mixed_precision}, "
                 f"{self.hardware}")
+
+
+def dataset_label(spec: str) -> str:
+    """How the card and the plots name a dataset: a preset by its Hub id, a Hub id as it is, a local folder by its
+    name (its path says nothing to a reader elsewhere)."""
+    if spec in PRESETS:
+        return PRESETS[spec].path
+    path = Path(spec).expanduser()
+    return path.resolve().name if path.exists() else spec
 
 
 def check_output_dir(output_dir: Path, needed_bytes: int) -> None:
@@ -83,12 +93,13 @@ def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_fi
     if calibration:
         plot_reliability(calibration, staging / report.CALIBRATION_NAME,
                          f"Calibration, {final_split} (temperature {calibration['temperature']:.3g})")
+    dataset = dataset_label(args.dataset)
     report.plot_confusion(final["confusion_matrix"], label_names, staging / report.CONFUSION_NAME,
-                          f"{args.model} on {args.dataset} ({final_split})")
+                          f"{args.model} on {dataset} ({final_split})")
     repo_name = args.push_to_hub or f"{args.model}-{dataset_slug(args.dataset)}"
-    card = report.model_card(repo_name, args.model, args.dataset, preset.path if preset else None, label_names,
+    card = report.model_card(repo_name, args.model, dataset, preset.path if preset else None, label_names,
                              final, final_split, command, args.img_size, facts.weights_source, facts.describe(),
-                             calibration)
+                             calibration, facts.data_note)
     card.save(staging / "README.md")
     add_extra_files(staging)
     replace_folder_contents(staging, output_dir)

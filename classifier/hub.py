@@ -9,6 +9,7 @@ The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT points everything 
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 from pathlib import Path
@@ -21,6 +22,23 @@ SPACE_FILES = ["app.py", "requirements.txt", "classifier/**/*.py", "classifier/m
 
 class HubError(RuntimeError):
     """A Hub operation failed; the message says why in plain words (never with the token)."""
+
+
+@functools.lru_cache(maxsize=None)
+def hub_unreachable() -> str | None:
+    """Why the Hub (HF_ENDPOINT) cannot be reached, or None when it can or offline mode is on (the libraries then
+    read their caches and say so themselves). One request without retries: huggingface_hub retries a failed
+    connection five times with backoff, 23 s of warnings before each error or fallback."""
+    from huggingface_hub import constants, is_offline_mode
+    from huggingface_hub.utils import get_session
+
+    if is_offline_mode():
+        return None
+    try:
+        get_session().head(constants.ENDPOINT, timeout=5)
+    except Exception as e:  # any transport failure (DNS, refused, timeout, proxy): any HTTP answer means reachable
+        return type(e).__name__
+    return None
 
 
 def _explain(e: Exception, what: str) -> HubError:

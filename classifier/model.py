@@ -14,6 +14,8 @@ import timm.data
 import torch
 from timm.models import save_for_hf
 
+from .hub import hub_unreachable
+
 log = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -46,7 +48,11 @@ def create_model(
         )
         return model, f"file:{pretrained_file}"
     if pretrained is False:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, **model_args), "scratch"
+        return from_scratch(name, num_classes, **model_args), "scratch"
+    if pretrained is None and (why := hub_unreachable()):
+        log.warning("Pretrained weights for %r unavailable (cannot reach the Hub: %s); training from scratch "
+                    "(--pretrained with HF_HUB_OFFLINE=1 uses weights cached earlier).", name, why)
+        return from_scratch(name, num_classes, **model_args), "scratch"
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level
     if pretrained is None:
@@ -58,9 +64,20 @@ def create_model(
         if pretrained:
             raise ModelSourceError(f"Cannot load pretrained weights for {name!r}: {e}") from e
         log.warning("Pretrained weights for %r unavailable (%s: %s); training from scratch.", name, type(e).__name__, e)
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, **model_args), "scratch"
+        return from_scratch(name, num_classes, **model_args), "scratch"
     finally:
         hub_log.setLevel(level)
+
+
+# what timm's pretrained_cfg says about the weights of its default tag (ImageNet's, for resnet18): their paper,
+# where they come from, their licence. A model trained from scratch has none of it.
+SOURCE_WEIGHTS_KEYS = ("paper_ids", "paper_name", "origin_url", "notes", "license", "hf_hub_id", "url", "file")
+
+
+def from_scratch(name: str, num_classes: int, **model_args) -> torch.nn.Module:
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **model_args)
+    model.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in SOURCE_WEIGHTS_KEYS}
+    return model
 
 
 def data_config(img_size: int, mean, std, interpolation: str = "bilinear", crop_pct: float = 1.0) -> dict:

@@ -76,9 +76,11 @@ def model_card(
     weights_source: str,
     trained_on: str = "",
     calibration: dict | None = None,
+    data_note: str = "",
 ) -> ModelCard:
-    """`trained_on`: how many processes of which kind, precision and hardware (RunFacts.describe());
-    `calibration`: metrics.json's record of the fitted temperature (classifier.calibration.calibrate)."""
+    """`dataset`: its Hub id or folder name, never a local path; `trained_on`: how many processes of which kind,
+    precision and hardware (RunFacts.describe()); `calibration`: metrics.json's record of the fitted temperature
+    (classifier.calibration.calibrate); `data_note`: where the evaluated split came from, when not the Hub."""
     results = [
         EvalResult(task_type="image-classification", dataset_type=dataset_hub_id or dataset, dataset_name=dataset,
                    dataset_split=eval_split, metric_type=key, metric_name=f"{eval_split} {name}",
@@ -118,7 +120,7 @@ def model_card(
 
 A timm `{architecture}` image classifier for {len(label_names)} classes ({", ".join(label_names)}),
 trained on `{dataset}` at {img_size}x{img_size} px (initial weights: {weights_source}).
-
+{f"{chr(10)}{data_note}{chr(10)}" if data_note else ""}
 ## Use it
 
 With timm alone:

@@ -12,6 +12,7 @@ import copy
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import parse_flag_from_env
 
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from .data import DataError, Splits, StreamedSplit, TensorSplit, decode_split, load_splits, streams, typical_size
+from .data import (DataError, Splits, StreamedSplit, TensorSplit, decode_split, load_splits, local_copy_note, streams,
+                   typical_size)
 from .distributed import RUN_ENDING, local_process_count, on_every_process, process_group_kwargs, seed_processes, \
     together
 from .calibration import calibrate
@@ -79,12 +81,14 @@ class RunData:
 
 
 def load_data(args, accelerator: Accelerator) -> RunData:
+    accelerator.print(f"Loading {args.dataset} ...", flush=True)
     splits = load_splits(args.dataset, args.image_column, args.label_column, args.val_fraction, args.seed,
                          args.max_train_samples, args.max_eval_samples)
     num_classes = len(splits.label_names)
     store_size = min(args.img_size, typical_size(splits.train, splits.image_column) or args.img_size)
     decode = dict(image_column=splits.image_column, label_column=splits.label_column, num_classes=num_classes,
-                  skip_bad_images=args.skip_bad_images, use_cache=not args.no_data_cache, workers=args.data_workers)
+                  skip_bad_images=args.skip_bad_images, use_cache=not args.no_data_cache, workers=args.data_workers,
+                  progress=accelerator.is_local_main_process)
     train_bytes = len(splits.train) * 3 * store_size ** 2
     streamed = streams(args.data_path, train_bytes, accelerator.device, local_process_count(accelerator))
     if streamed:
@@ -238,14 +242,19 @@ def run(args) -> dict:
         f"{args.epochs} epochs x {plan.steps_per_epoch} steps"
     )
 
+    if args.max_train_samples and not args.max_eval_samples and len(data.validation) > len(data.train):
+        accelerator.print(f"Every epoch validates on all {len(data.validation)} validation images; a quick run "
+                          f"with --max-eval-samples {min(len(data.train), 1000)} validates on fewer.")
+
     def checkpoint() -> None:
         save_checkpoint(accelerator, state, output_dir, args.checkpoint_limit)
 
-    for epoch in range(state.progress.epoch, args.epochs):
+    first_epoch, epochs_started = state.progress.epoch, time.perf_counter()
+    for epoch in range(first_epoch, args.epochs):
         img_size = train_one_epoch(epoch, state, data.train, training.recipe, plan, accelerator, args, checkpoint)
         seconds = state.progress.running["seconds"]
         val, _ = evaluate_split(state.eval_model, training.val_loader, accelerator, training.mean, training.std,
-                                data.num_classes)
+                                data.num_classes, desc="validate")
         record = epoch_record(state, epoch, img_size, plan.batches_per_epoch, val, started)
         accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=state.progress.optimizer_steps)
         # under progressive resizing, validation at the final size trails while the training size is small
@@ -253,7 +262,7 @@ def run(args) -> dict:
         accelerator.print(
             f"epoch {epoch + 1}/{args.epochs}{sizes}: train loss {record['train_loss']:.4f} acc "
             f"{100 * record['train_accuracy']:.2f}% | val loss {val['loss']:.4f} acc {100 * val['accuracy']:.2f}% "
-            f"f1 {val['f1']:.4f} | {seconds:.0f}s")
+            f"f1 {val['f1']:.4f} | {seconds:.0f}s{time_left(epochs_started, epoch + 1 - first_epoch, args.epochs - epoch - 1)}")
         if args.checkpoint_every == "epoch":
             checkpoint()
 
@@ -261,6 +270,14 @@ def run(args) -> dict:
     export_run(args, accelerator, training, data, split, final, final_probs)
     accelerator.end_training()  # last: it ends the trackers and destroys the process group
     return {"history": state.progress.history, split: final}
+
+
+def time_left(started: float, epochs_done: int, epochs_left: int) -> str:
+    """", about 12 min to go" at the pace of the epochs so far (evaluation included), when any are left."""
+    if not epochs_left:
+        return ""
+    minutes = (time.perf_counter() - started) / epochs_done * epochs_left / 60
+    return f", about {minutes:.0f} min to go" if minutes >= 1 else f", about {60 * minutes:.0f} s to go"
 
 
 def final_evaluation(args, accelerator: Accelerator, training: Training,
@@ -271,14 +288,15 @@ def final_evaluation(args, accelerator: Accelerator, training: Training,
     loader = training.test_loader or training.val_loader
 
     def evaluate(model):
-        return evaluate_split(model, loader, accelerator, training.mean, training.std, data.num_classes, args.tta)
+        return evaluate_split(model, loader, accelerator, training.mean, training.std, data.num_classes, args.tta,
+                              desc=f"{split}, {args.weights_dtype} weights")
 
-    def logits(split_loader):
+    def logits(split_loader, name):
         return collect_view_logits(training.state.eval_model, split_loader, accelerator, training.mean, training.std,
-                                   args.tta)
+                                   args.tta, desc=f"{name}{f' (tta {args.tta})' if args.tta != 'none' else ''}")
 
-    val_logits, val_labels = logits(training.val_loader)
-    final_logits, final_labels = (val_logits, val_labels) if split == "validation" else logits(loader)
+    val_logits, val_labels = logits(training.val_loader, "validation")
+    final_logits, final_labels = (val_logits, val_labels) if split == "validation" else logits(loader, split)
     final, probs = split_metrics(final_logits, final_labels, data.num_classes, args.tta)
     # the temperature is fitted on validation, so without a test split its before/after figures are validation's
     final["calibration"] = calibrate(val_logits, val_labels, final_logits, final_labels)
@@ -329,9 +347,11 @@ def export_run(args, accelerator: Accelerator, training: Training, data: RunData
                          "stream" if data.streamed else "memory", describe_hardware(accelerator.device),
                          accelerator.num_processes, accelerator.distributed_type.value,
                          accelerator.num_processes // local_process_count(accelerator), progress.compute_dtype,
-                         peak_device_memory_mb(accelerator.device))
+                         peak_device_memory_mb(accelerator.device),
+                         local_copy_note(args.dataset, split, final_dataset, data.splits.image_column))
         write_model_folder(args, exported_model(accelerator, training), metrics, facts, add_samples)
         accelerator.print(f"Model folder: {Path(args.output_dir).resolve()}")
+        accelerator.print(f"Serve it: python app.py --model {shlex.quote(args.output_dir)}")
 
 
 def peak_device_memory_mb(device: torch.device) -> float | None:
@@ -359,11 +379,22 @@ def stop(error: Exception, args) -> None:
     sys.exit(2)
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def configure_logging() -> None:
+    """Our messages through a handler on the `classifier` logger only. huggingface_hub and datasets print their
+    warnings through handlers of their own; a handler on the root logger as well printed each of them twice."""
+    ours = logging.getLogger("classifier")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
     for noisy in ("timm", "httpx", "huggingface_hub", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    configure_logging()
     try:
         run(args)
     except RUN_ENDING as e:

@@ -1,0 +1,86 @@
+"""The training command's first ten minutes, as a new user meets them: the Hub out of reach, library warnings,
+progress through every phase, the command that serves the result; and what the model folder says about its data."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train_accelerate.py", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1", **env))
+
+
+def test_a_preset_with_the_hub_out_of_reach_fails_at_once_in_one_line(tmp_path):
+    # nothing listens on this port: what a machine without internet meets, without the 23 s of retries
+    offline = dict(HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{free_port()}")
+    result = cli("--dataset", "cifar10", "--output-dir", tmp_path / "out", **offline)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: cannot reach the Hub (ConnectError) to load 'cifar10'; use a local folder: "
+                      "--dataset ../shared/data/cifar10 (a copy laid out like uoft-cs/cifar10)."]
+    assert "Traceback" not in result.stderr and "Retrying" not in result.stderr
+    assert "Expected one of presets" not in result.stderr
+
+
+def test_library_warnings_are_printed_once():
+    """huggingface_hub prints through a handler of its own; training's logging set-up must not add a second."""
+    code = ("import logging\nfrom classifier.train import configure_logging\nconfigure_logging()\n"
+            "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s [Retry 1/5].')\n"
+            "logging.getLogger('classifier.model').warning('ours')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.stderr.count("Retrying in 1s") == 1, result.stderr
+    assert result.stderr.count("ours") == 1
+
+
+def test_a_quick_run_shows_each_phase_and_ends_with_the_command_that_serves_it(parquet_repo, tmp_path):
+    out = tmp_path / "quick"
+    # every tqdm update printed, so the bar's steps can be read (by default it redraws at most 10 times a second)
+    result = cli("--dataset", parquet_repo, "--output-dir", out, "--epochs", "2", "--img-size", "32",
+                 "--batch-size", "4", "--max-train-samples", "20", "--no-pretrained", "--no-data-cache",
+                 "--samples-per-class", "0", "--failure-samples", "0", TQDM_MININTERVAL="0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = result.stdout + result.stderr.replace("\r", "\n")
+    assert shown.index("Loading") < shown.index("decode train")  # something is said before the first wait
+    for phase in ("decode train", "decode validation", "decode test", "epoch 1/2", "validate",
+                  "validation (tta flip)", "test (tta flip)"):
+        assert re.search(rf"^{re.escape(phase)}: +\d+%", shown, re.M), phase
+    # the bar moves with each of the 5 batches, not only when the loss is read at the end of the epoch
+    assert re.search(r"^epoch 1/2: +40%.* 2/5 ", shown, re.M)
+    # 24 validation images for 20 training ones: the run says how to validate on fewer
+    assert "validates on all 24 validation images; a quick run with --max-eval-samples 20" in shown
+    assert re.search(r"epoch 1/2: train loss .* \| \d+s, about \d+ (s|min) to go$", shown, re.M)
+    assert result.stdout.rstrip().endswith(f"Serve it: python app.py --model {out}")
+
+
+def test_the_card_names_the_dataset_and_says_its_split_was_a_local_copy(trained):
+    card = (trained / "README.md").read_text()
+    folder = json.loads((trained / "training_args.json").read_text())["dataset"]
+    assert folder not in card.split("## Training")[0]  # no local path before the training command
+    assert f"name: {Path(folder).name}" in card and f"type: {Path(folder).name}" in card
+    assert (f"The test split is a local copy: read from the folder `{Path(folder).name}`, not from the Hub, its "
+            f"images stored as PNG files.") in card
+
+
+def test_a_model_trained_from_scratch_does_not_carry_the_imagenet_weights_description(trained):
+    pretrained_cfg = json.loads((trained / "config.json").read_text())["pretrained_cfg"]
+    for key in ("paper_ids", "origin_url", "license", "hf_hub_id", "notes"):
+        assert key not in pretrained_cfg, key
+    assert pretrained_cfg["tag"] and pretrained_cfg["input_size"] == [3, 32, 32]  # what describes this model stays
+
+
+def test_dataset_labels_are_ids_or_folder_names(tmp_path):
+    from classifier.export import dataset_label
+
+    assert dataset_label("cifar10") == "uoft-cs/cifar10"
+    assert dataset_label("someone/some-dataset") == "someone/some-dataset"
+    (tmp_path / "cifar10").mkdir()
+    assert dataset_label(str(tmp_path / "cifar10") + "/") == "cifar10"
