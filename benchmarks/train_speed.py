@@ -6,7 +6,8 @@
 Every row uses the same model, image size, batch size and precision (bf16 autocast where supported, as
 training does), and every row is measured the same way: `--steps` steps of warm-up, then `--steps` more timed in
 windows of engine.WINDOW (10) steps, each window ending on a device sync; a row's figure is the median window's
-images per second, printed with the slowest and fastest window, so a ratio comes with its spread:
+images per second, printed with the slowest and fastest window, so a ratio comes with its spread (the bound is
+timed before and after the other rows, its windows pooled):
 1. model-only: forward + backward + optimizer step (the dataset preset's optimizer, as our loop uses) on
    synthetic tensors already in memory (the bound);
 2. our loop: `train_accelerate.py` itself on the real dataset (memory path, then stream path) for 2 epochs of
@@ -191,10 +192,14 @@ def main(argv=None) -> int:
         return compile_table(args, train_args, precision, device, name)
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        bound = model_only(train_args, size, args.batch_size, precision, device, args.steps, False)
+        before = model_only(train_args, size, args.batch_size, precision, device, args.steps, False)
         memory, warmup, _ = our_loop(args.dataset, size, args.batch_size, args.steps, "memory", False, args.workers)
         stream, _, _ = our_loop(args.dataset, size, args.batch_size, args.steps, "stream", False, args.workers)
         usual = per_sample_pipeline(train_args, size, args.batch_size, precision, device, args.steps, args.workers)
+        # the bound again after the other rows, its windows pooled with the first ones: on a shared machine the
+        # speed drifts over the minutes between rows, and a bound timed only first would carry that drift alone
+        after = model_only(train_args, size, args.batch_size, precision, device, args.steps, False)
+        bound = Rate(before.windows + after.windows)
         rows.append((size, bound, memory, stream, usual, warmup))
         print(f"[{size}px] model-only {bound}, ours (memory) {memory}, ours (stream) {stream}, "
               f"per-sample pipeline {usual} img/s", file=sys.stderr, flush=True)

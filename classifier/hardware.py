@@ -65,7 +65,8 @@ def launcher_says_precision(command: list[str]) -> bool:
     (any file `accelerate config` writes states one). It reads --config_file, else the default file unless --cpu."""
     if any(part == "--mixed_precision" or part.startswith("--mixed_precision=") for part in command):
         return True
-    config = next((command[i + 1] for i, part in enumerate(command[:-1]) if part == "--config_file"), None)
+    config = next((command[i + 1] for i, part in enumerate(command[:-1]) if part == "--config_file"),
+                  next((part.split("=", 1)[1] for part in command if part.startswith("--config_file=")), None))
     if config is None and "--cpu" not in command:
         from accelerate.commands.config import default_config_file
 

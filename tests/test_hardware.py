@@ -64,6 +64,7 @@ def test_a_launcher_told_by_its_config_file_or_command_line(tmp_path):
     config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nmixed_precision: fp16\n"
                       "num_machines: 1\nnum_processes: 1\nuse_cpu: true\n")
     assert launcher_says_precision(launch + ["--config_file", str(config), "train_accelerate.py"])
+    assert launcher_says_precision(launch + [f"--config_file={config}", "train_accelerate.py"])
     # HF_HOME is the tests' sandbox: no default config file there
     assert not launcher_says_precision(launch + ["train_accelerate.py"])
 
