@@ -239,8 +239,8 @@ def local_copy_note(spec: str, split_name: str, split: datasets.Dataset, image_c
     except OSError:
         stored = "unknown"
     copy = f", a copy laid out like the Hub's `{preset.path}`" if preset else ""
-    reencoded = ("; a JPEG copy of a dataset is a re-encoding with pixels of its own, so figures on the original "
-                 "may differ a little") if stored == "JPEG" else ""
+    reencoded = (" (where the original is stored otherwise, a JPEG copy is a re-encoding with pixels of its own, and "
+                 "figures on the original may differ a little)") if stored == "JPEG" else ""
     return (f"The {split_name} split is a local copy: read from the folder `{folder.resolve().name}`{copy}, not from "
             f"the Hub, its images stored as {stored} files{reencoded}.")
 

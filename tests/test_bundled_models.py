@@ -33,3 +33,15 @@ def test_bundled_model_classifies_its_samples_at_its_claimed_accuracy(folder):
     card = (folder / "README.md").read_text()
     assert f"{claimed:.4f}" in card  # the card carries the test metrics the pipeline measured
     assert (folder / "model.safetensors").stat().st_size <= 23 * 2**20
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_bundled_cards_name_their_dataset_without_a_local_path(folder):
+    record = json.loads((folder / "training_args.json").read_text())
+    described = (folder / "README.md").read_text().split("## Training")[0]  # the command below keeps its path
+    assert record["dataset"] not in described
+    if record["dataset"].startswith((".", "/")):  # trained on a local copy: the card says so
+        assert "split is a local copy" in described
+    if record["weights_source"] == "scratch":
+        pretrained_cfg = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+        assert not {"paper_ids", "origin_url", "license"} & set(pretrained_cfg)
