@@ -263,13 +263,15 @@ class App:
                          for key, label in METRIC_ROWS if key in values)
         metrics = f"| metric ({info['metrics_split']}) | value |\n|---|---|\n{rows}" if rows else "No metrics recorded."
         command = f"```\n{info['training_command']}\n```" if info["training_command"] else "not recorded"
+        # what the app applies comes from config.json; metrics.json only says what it did on the final split
         calibration = info["calibration"]
-        if calibration:
+        if calibration and "temperature" in self.predictor(model).loaded.config:
             before, after = calibration["before"], calibration["after"]
             metrics += (f"\n\nProbabilities are calibrated: divided by a temperature of {info['temperature']:.3g} "
                         f"(fitted on validation), which takes the expected calibration error from "
-                        f"{100 * before['ece']:.2f} % to {100 * after['ece']:.2f} % on {info['metrics_split']}. "
-                        f"Under {100 * info['low_confidence_threshold']:.0f} % the prediction carries a hint that the "
+                        f"{100 * before['ece']:.2f} % to {100 * after['ece']:.2f} % on {info['metrics_split']}.")
+        if info["low_confidence_threshold"] is not None:
+            metrics += (f" Under {100 * info['low_confidence_threshold']:.0f} % the prediction carries a hint that the "
                         f"image may not be one of these classes.")
         flip = " · predictions average each image and its mirror" if info["test_time_augmentation"] == "flip" else ""
         size = info["input_size"]
