@@ -28,6 +28,16 @@ def test_a_fitted_temperature_undoes_a_known_overconfidence():
     assert record["after"]["nll"] < record["before"]["nll"] and record["after"]["ece"] < record["before"]["ece"]
 
 
+def test_a_degenerate_validation_split_keeps_the_temperature_in_range():
+    """Every validation answer wrong: the likelihood improves without end as T grows; the fit stops at the range's
+    end instead of returning an absurd number. Every answer right: T shrinks, within the range."""
+    from classifier.calibration import TEMPERATURE_RANGE
+
+    logits = torch.tensor([[[4.0, 0.0], [0.0, 4.0], [3.0, 1.0]]])
+    assert fit_temperature(logits, torch.tensor([1, 0, 1])) == TEMPERATURE_RANGE[1]
+    assert TEMPERATURE_RANGE[0] <= fit_temperature(logits, torch.tensor([0, 1, 0])) < 0.5
+
+
 def test_training_fits_a_temperature_that_lowers_test_nll(trained):
     """The run in the test suite: the temperature comes from validation and lowers the test NLL; config.json, the
     reliability diagram and the card carry it."""
