@@ -93,7 +93,7 @@ def load_dataset_dict(spec: str) -> datasets.DatasetDict:
 
 
 def local_copy_hint(hub_id: str) -> str:
-    """Where a copy of a preset's dataset lies on this project's machines (README's local copies)."""
+    """Where a copy of a preset's dataset lies on this project's machines (docs/TRAINING.md's local copies)."""
     folder = f"../shared/data/{hub_id.split('/')[-1]}" if hub_id in {p.path for p in PRESETS.values()} \
         else "<a folder>"
     return f"use a local folder: --dataset {folder} (a copy laid out like {hub_id})"

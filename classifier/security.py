@@ -1,5 +1,5 @@
 """What keeps the app safe on the public internet: request limits, response headers, upload checks, spreadsheet-safe
-CSV cells and a janitor for temporary files. Every limit is a field of `Limits`, listed in README's Security section.
+CSV cells and a janitor for temporary files. Every limit is a field of `Limits`, listed in docs/APP.md's Security section.
 """
 from __future__ import annotations
 

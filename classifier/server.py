@@ -1,6 +1,6 @@
 """The served application: FastAPI with a plain JSON endpoint and a health check, the Gradio UI mounted at /.
 
-Built to face the public internet (README, Security): request bodies, uploads, decodes, REST requests in flight and
+Built to face the public internet (docs/APP.md, Security): request bodies, uploads, decodes, REST requests in flight and
 the Gradio queue are bounded (classifier.security.Limits), only the files the page shows are served, only our own
 error messages reach clients, and temporary files are deleted on a schedule.
 """
