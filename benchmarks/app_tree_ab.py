@@ -7,8 +7,6 @@ of each, so a change's cost is read as a ratio measured in one run.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,23 +15,9 @@ import httpx
 import numpy as np
 from gradio_client import Client, handle_file
 
-from benchmarks.load_app import free_port
+from benchmarks.load_app import free_port, start_server
 
 IMAGE = Path(__file__).resolve().parents[1] / "models" / "cifar10-resnet18" / "samples" / "gallery" / "0000.png"
-
-
-def start(tree: Path, port: int):
-    log = open(os.devnull, "w")
-    process = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)], cwd=tree,
-                               stdout=log, stderr=log, env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
-    for _ in range(400):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit(f"{tree}: app.py did not answer /healthz")
 
 
 def main(argv=None) -> int:
@@ -46,7 +30,8 @@ def main(argv=None) -> int:
     try:
         for tree in args.trees:
             port = free_port()
-            servers[tree] = (start(tree, port), f"http://127.0.0.1:{port}/")
+            app = start_server(["app.py", "--host", "127.0.0.1", "--port", str(port)], port, cwd=tree.resolve())
+            servers[tree] = (app, f"http://127.0.0.1:{port}/")
         clients = {tree: Client(url, verbose=False) for tree, (_, url) in servers.items()}
         times = {tree: ([], []) for tree in servers}
         for i in range(10 + args.calls):  # ten warm-up rounds, not counted

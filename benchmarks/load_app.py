@@ -37,12 +37,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: list[str], port: int, env: dict | None = None, timeout: float = 120) -> subprocess.Popen:
+def start_server(args: list[str], port: int, env: dict | None = None, timeout: float = 120,
+                 cwd: Path = ROOT) -> subprocess.Popen:
     """`python <args>` in the project root, once it answers GET /healthz on `port`; its stderr goes to a
     temporary file (a pipe nobody reads would block a chatty server) and is quoted if it dies."""
     log = tempfile.TemporaryFile(mode="w+")
     env = dict(os.environ if env is None else env, GRADIO_ANALYTICS_ENABLED="False")
-    server = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, env=env)
+    server = subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=log, env=env)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if server.poll() is not None:
