@@ -375,3 +375,20 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale():
     image = open_rgb(data, fit=96)
     assert image.size == (1000, 750) and min(image.size) >= 4 * 96
     assert open_rgb(data, fit=512).size == (4000, 3000)  # 1/2: 1/4 would go under 4 x 512
+
+
+def test_readme_states_the_limits_the_code_enforces():
+    """README's Security section is what a Space owner reads before going public; a limit changed in code and not
+    there would mislead them."""
+    from classifier.security import MB
+    from classifier.service import UPLOAD_MAX_PIXELS
+
+    readme = Path(__file__).resolve().parents[1].joinpath("README.md").read_text()
+    section = readme.split("## Security", 1)[1].split("\n## ", 1)[0]
+    limits = Limits()
+    for stated in (f"One file {limits.file_bytes // MB} MB", f"one image {UPLOAD_MAX_PIXELS // 1_000_000} MP",
+                   f"call {limits.batch_files} files", f"JSON bodies {limits.json_request_bytes // MB} MB",
+                   f"{limits.concurrent_decodes} decodes at once", f"{limits.rest_in_flight} REST requests",
+                   f"queue {limits.queue_size}", f"after {limits.temp_age_s // 3600} h", "--private-stats",
+                   "--host 127.0.0.1"):
+        assert stated in " ".join(section.split()), stated
