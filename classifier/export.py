@@ -3,9 +3,7 @@ was trained, plots and the model card. Written by one process, staged, and moved
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,14 +77,12 @@ def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_fi
     calibration = final.get("calibration")
     export(model, staging, label_names, data_config(args.img_size, mean, std), facts.model_args,
            tag=dataset_slug(args.dataset), tta=args.tta, calibration=calibration)
-    command = "accelerate launch train_accelerate.py " + shlex.join(sys.argv[1:])
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
     training_args = dict(vars(args), weights_source=facts.weights_source,
                          resolved_mixed_precision=facts.mixed_precision, resolved_data_path=facts.data_path,
                          hardware=facts.hardware, num_processes=facts.num_processes,
                          distributed_type=facts.distributed_type, num_machines=facts.num_machines,
-                         compute_dtype=facts.compute_dtype, peak_device_memory_mb=facts.peak_device_memory_mb,
-                         command=command)
+                         compute_dtype=facts.compute_dtype, peak_device_memory_mb=facts.peak_device_memory_mb)
     (staging / "training_args.json").write_text(json.dumps(training_args, indent=2, default=str))
     if metrics["history"]:
         report.plot_curves(metrics["history"], staging / report.CURVES_NAME)
@@ -98,7 +94,7 @@ def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_fi
                           f"{args.model} on {dataset} ({final_split})")
     repo_name = args.push_to_hub or f"{args.model}-{dataset_slug(args.dataset)}"
     card = report.model_card(repo_name, args.model, dataset, preset.path if preset else None, label_names,
-                             final, final_split, command, args.img_size, facts.weights_source, facts.describe(),
+                             final, final_split, args.command, args.img_size, facts.weights_source, facts.describe(),
                              calibration, facts.data_note)
     card.save(staging / "README.md")
     add_extra_files(staging)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 from pathlib import Path
 
 import torch
@@ -51,6 +52,40 @@ def launcher_command() -> list[str] | None:
     except psutil.Error:
         return None
     return None
+
+
+# a launcher's token in its parent's command line -> the name a user types
+LAUNCHERS = {"accelerate": "accelerate launch", "accelerate-launch": "accelerate launch",
+             "accelerate.commands.launch": "accelerate launch", "torchrun": "torchrun",
+             "torch.distributed.run": "torchrun"}
+
+
+def run_command(script_args: list[str], script: str = "train_accelerate.py") -> str:
+    """The line that started this run, to repeat it: the `accelerate launch` or torchrun it runs under with that
+    launcher's own options, else `python`. ACCELERATE_USE_CPU is written in front when accelerate did not set it
+    itself, because with torchrun it decides CPU or GPU."""
+    import psutil
+
+    launcher = ["python"]
+    try:
+        for process in psutil.Process().parents():
+            command = process.cmdline()
+            names = [Path(part).name for part in command]
+            if script not in names:
+                continue
+            at = names.index(script)
+            start = next((i for i, name in enumerate(names[:at]) if name in LAUNCHERS
+                          and (name != "accelerate" or names[i + 1:i + 2] == ["launch"])), None)
+            if start is not None:
+                skip = 2 if names[start] == "accelerate" else 1
+                launcher = [*LAUNCHERS[names[start]].split(), *command[start + skip:at]]
+            break
+    except psutil.Error:
+        pass
+    line = shlex.join([*launcher, script, *script_args])
+    if launcher[0] != "accelerate" and os.environ.get("ACCELERATE_USE_CPU"):
+        line = f"ACCELERATE_USE_CPU={shlex.quote(os.environ['ACCELERATE_USE_CPU'])} {line}"
+    return line
 
 
 def is_accelerate_launch(command: list[str]) -> bool:

@@ -5,8 +5,10 @@ import argparse
 import json
 import os
 import re
+import sys
 
 from .augment import AUGMENT_LEVELS
+from .hardware import run_command
 from .model import TTA_CHOICES
 from .presets import GENERIC_RECIPE, PRESETS, recipe_for
 
@@ -174,4 +176,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.tta = "none" if args.augment == "none" else "flip"
     if args.output_dir is None:
         args.output_dir = f"runs/{dataset_slug(args.dataset)}"
+    # the line that repeats this run, launcher included, for the record and the model card
+    args.command = run_command(sys.argv[1:] if argv is None else [str(a) for a in argv])
     return args

@@ -72,6 +72,9 @@ def test_two_processes_train_and_count_each_sample_once(two_process_run, parquet
     _, out, stdout = two_process_run
     record = json.loads((out / "training_args.json").read_text())
     assert (record["num_processes"], record["distributed_type"]) == (2, "MULTI_CPU")
+    # the line that repeats it names the launcher that started two processes, and the setting that made them CPU
+    assert record["command"].startswith("ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 "
+                                        "train_accelerate.py --dataset ")
     assert "Trained on 2 processes (accelerate MULTI_CPU)" in (out / "README.md").read_text()
     assert stdout.count("Model folder:") == 1  # written by one process only
     assert {"config.json", "model.safetensors", "metrics.json", "README.md"} <= {p.name for p in out.iterdir()}

@@ -41,6 +41,8 @@ def test_accelerate_launch_precision_is_used_unless_our_flag_says_otherwise(parq
     told = launched(["--mixed_precision", "no"], [], parquet_repo, tmp_path / "told")
     assert told["resolved"]["mixed_precision_from"] == "accelerate"
     assert (told["resolved_mixed_precision"], told["compute_dtype"]) == ("no", "float32")
+    assert told["command"].startswith("accelerate launch --num_processes 1 --num_machines 1 --dynamo_backend no "
+                                      "--mixed_precision no train_accelerate.py --dataset ")
 
     ours = launched(["--mixed_precision", "no"], ["--mixed-precision", "bf16"], parquet_repo, tmp_path / "ours")
     assert ours["resolved"]["mixed_precision_from"] == "command line"

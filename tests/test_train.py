@@ -50,7 +50,10 @@ def test_learns_well_above_chance_and_writes_the_folder(trained):
     assert "library_name: timm" in card and "model-index" in card and "| red |" in card
     assert re.search(r'hf-hub:[^"/\s]+/resnet18-[^"/\s]+"', card)  # a loadable id shape even before any push
     # wall-clock figures mean little without the machine they were measured on
-    assert json.loads((trained / "training_args.json").read_text())["hardware"].startswith("cpu: ")
+    record = json.loads((trained / "training_args.json").read_text())
+    assert record["hardware"].startswith("cpu: ")
+    # not launched: the record says python and the arguments this run was given, not the test runner's
+    assert record["command"].startswith("python train_accelerate.py --dataset ") and "--epochs 4" in record["command"]
 
 
 def test_sample_images_are_the_test_images_of_their_class(trained, parquet_repo):
