@@ -81,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--min-img-size", type=int,
                        help="progressive resizing: train the first epochs at this size and grow it to --img-size "
                             "(see --resize-ramp); evaluation is always at --img-size (default: off)")
-    model.add_argument("--resize-ramp", type=fractions_pair, default=(0.25, 0.75), metavar="START,END",
+    model.add_argument("--resize-ramp", type=fractions_pair, metavar="START,END",
                        help="with --min-img-size: the fractions of the epochs between which the training size grows "
-                            "linearly from --min-img-size to --img-size")
+                            "linearly from --min-img-size to --img-size (default: 0.25,0.75)")
     model.add_argument("--drop-rate", type=float, default=0.0, help="dropout before the classifier")
     model.add_argument("--model-arg", action="append", type=model_arg, default=[], metavar="KEY=VALUE",
                        help="extra timm.create_model argument, repeatable (e.g. output_stride=16, "
@@ -168,8 +168,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         if erase_given:
             parser.error("--random-erase needs --augment basic or strong (with none, training images are not augmented)")
         args.random_erase = 0.0  # a preset's erasing is part of the augmentation that --augment none turns off
+    if args.resize_ramp is not None and args.min_img_size is None:
+        parser.error("--resize-ramp shapes progressive resizing, which needs --min-img-size")
     if args.min_img_size is None:
         args.min_img_size = args.img_size
+    if args.resize_ramp is None:
+        args.resize_ramp = (0.25, 0.75)
     if not 0 < args.min_img_size <= args.img_size:
         parser.error(f"--min-img-size must be between 1 and --img-size ({args.img_size}), got {args.min_img_size}")
     if args.tta is None:

@@ -262,10 +262,15 @@ def test_a_training_size_under_the_cached_one_is_downsampled_with_antialiasing()
     assert small.shape == (4, 3, 20, 20) and small.std() * 0.25 * 255 < 5  # in grey levels
 
 
-def test_min_img_size_above_img_size_is_refused(tmp_path):
+def test_min_img_size_above_img_size_or_a_ramp_without_it_is_refused(tmp_path):
     result = subprocess.run([sys.executable, "train_accelerate.py", "--dataset", str(tmp_path), "--img-size", "64",
                              "--min-img-size", "96"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "--min-img-size must be between 1 and --img-size (64)" in result.stderr
+    # a ramp without a minimum size would change nothing, silently
+    result = subprocess.run([sys.executable, "train_accelerate.py", "--dataset", str(tmp_path), "--resize-ramp",
+                             "0.1,0.9"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2 and "--resize-ramp shapes progressive resizing, which needs --min-img-size" \
+        in result.stderr
 
 
 def test_tta_gain_reproduces_the_runs_final_evaluation(trained, parquet_repo, capsys):
