@@ -3,9 +3,10 @@ how often the model is right (expected calibration error, negative log-likelihoo
 low-confidence threshold the app's hint uses.
 
 Temperature scaling (Guo et al., 2017, "On Calibration of Modern Neural Networks") divides every logit by one scalar
-T before the softmax: the predicted class never changes, only how sure the probabilities say the model is. It is fitted
-for the exact prediction the app makes: with `test_time_augmentation: flip`, the mean of the image's and its mirror's
-softmax, each of logits / T. Label smoothing, which the presets use, and the mirror average can each move the
+T before the softmax: one view's predicted class never changes, only how sure the probabilities say the model is. It
+is fitted for the exact prediction the app makes: with `test_time_augmentation: flip`, the mean of the image's and its
+mirror's softmax, each of logits / T; there, where the two views disagree, T can move the class, so the record keeps
+the accuracy before and after and how many predictions changed. Label smoothing, which the presets use, and the mirror average can each move the
 probabilities away from how often the model is right; the fitted T says which way (below 1 sharpens, above 1
 softens).
 """
@@ -59,14 +60,14 @@ def nll(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def calibration_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
     """Expected calibration error (15 equal-width bins of the top probability, torchmetrics' L1 form: the mean gap
-    between confidence and accuracy, weighted by each bin's share), negative log-likelihood, and each bin's mean
+    between confidence and accuracy, weighted by each bin's share), negative log-likelihood, accuracy, and each bin's mean
     confidence, accuracy and count (the reliability diagram's data; empty bins are null)."""
     ece = multiclass_calibration_error(probs.float(), labels, num_classes=probs.shape[-1], n_bins=ECE_BINS, norm="l1")
     top, predicted = probs.max(-1)
     bins = torch.bucketize(top, torch.linspace(0, 1, ECE_BINS + 1, dtype=top.dtype)[1:-1], right=True)
     right = (predicted == labels).double()
     members = [bins == b for b in range(ECE_BINS)]
-    return {"ece": float(ece), "nll": float(nll(probs, labels)),
+    return {"ece": float(ece), "nll": float(nll(probs, labels)), "accuracy": float(right.mean()),
             "bin_confidence": [float(top[m].mean()) if m.any() else None for m in members],
             "bin_accuracy": [float(right[m].mean()) if m.any() else None for m in members],
             "bin_count": [int(m.sum()) for m in members]}
@@ -91,6 +92,7 @@ def calibrate(val_logits: torch.Tensor, val_labels: torch.Tensor, test_logits: t
             "before": calibration_metrics(before, test_labels), "after": calibration_metrics(after, test_labels),
             "low_confidence_threshold": threshold,
             "low_confidence_rate": float((after.max(-1).values < threshold).double().mean()),
+            "class_changes": int((before.argmax(-1) != after.argmax(-1)).sum()),
             "num_samples": len(test_labels)}
 
 

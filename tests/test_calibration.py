@@ -38,6 +38,17 @@ def test_a_degenerate_validation_split_keeps_the_temperature_in_range():
     assert TEMPERATURE_RANGE[0] <= fit_temperature(logits, torch.tensor([0, 1, 0])) < 0.5
 
 
+def test_with_the_mirror_average_the_temperature_can_move_the_class_and_the_record_says_so():
+    """The image favours class 0 a little over 2, its mirror class 1 over 2: at T = 1 the mean of their softmaxes
+    picks 2, at a low T each view is sure of its own class and the mean picks 0. Labels 0 drive T low."""
+    views = torch.tensor([[2.2, 0.0, 1.9], [0.0, 2.0, 1.9]]).unsqueeze(1).repeat(1, 20, 1)  # (views, N, classes)
+    labels = torch.zeros(20, dtype=torch.long)
+    assert probabilities(views).argmax(-1).eq(2).all()
+    record = calibrate(views, labels, views, labels)
+    assert record["temperature"] < 0.5 and record["class_changes"] == 20
+    assert (record["before"]["accuracy"], record["after"]["accuracy"]) == (0.0, 1.0)
+
+
 def test_training_fits_a_temperature_that_lowers_test_nll(trained):
     """The run in the test suite: the temperature comes from validation and lowers the test NLL; config.json, the
     reliability diagram and the card carry it."""
@@ -52,6 +63,7 @@ def test_training_fits_a_temperature_that_lowers_test_nll(trained):
     assert (trained / "calibration.png").stat().st_size > 10_000
     card = (trained / "README.md").read_text()
     assert "## Calibration" in card and f"/ {calibration['temperature']:.4g})" in card
+    assert f"| {100 * calibration['after']['accuracy']:.2f} % |" in card
 
 
 def without_calibration(folder, destination):
@@ -67,6 +79,13 @@ def test_the_temperature_changes_the_probabilities_not_the_class(trained, tmp_pa
     plain = without_calibration(trained, tmp_path / "plain")
     images = [shape_image(c, random.Random(i), size=32) for i, c in enumerate(["red", "green", "blue", "yellow"])]
     calibrated, uncalibrated = (Predictor(load_folder(f), "m").probabilities(images) for f in (trained, plain))
+    assert not torch.allclose(calibrated, uncalibrated, atol=1e-3)
+    # one view's class cannot move (logits divided by T > 0 keep their order); the mean of the two flip views'
+    # probabilities can, where the views disagree, so the class is compared on one view
+    one_view = [Predictor(load_folder(f), "m") for f in (trained, plain)]
+    for predictor in one_view:
+        predictor.loaded.config["test_time_augmentation"] = "none"
+    calibrated, uncalibrated = (predictor.probabilities(images) for predictor in one_view)
     assert not torch.allclose(calibrated, uncalibrated, atol=1e-3)
     assert torch.equal(calibrated.argmax(-1), uncalibrated.argmax(-1))
     assert load_folder(plain).temperature == 1.0 and load_folder(plain).low_confidence_threshold is None
