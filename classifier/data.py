@@ -80,6 +80,11 @@ def load_dataset_dict(spec: str) -> datasets.DatasetDict:
             return datasets.load_dataset(str(folder))
         if folder.exists():
             raise DataError(f"{spec!r} is a file; --dataset takes a folder, a preset or a Hub dataset id.")
+        # a Hub id is "name" or "owner/name"; anything else, or "runs/x" where runs/ exists, was meant as a folder
+        if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (spec.count("/") == 1
+                                                                       and Path(folder.parts[0]).is_dir()):
+            raise DataError(f"{spec}: no such folder (from {Path.cwd()}); --dataset takes a folder, a preset "
+                            f"({', '.join(PRESETS)}) or a Hub dataset id.")
         require_hub(spec, spec)
         return datasets.load_dataset(spec)
     except DataError:
@@ -93,9 +98,10 @@ def load_dataset_dict(spec: str) -> datasets.DatasetDict:
 
 
 def local_copy_hint(hub_id: str) -> str:
-    """Where a copy of a preset's dataset lies on this project's machines (docs/TRAINING.md's local copies)."""
-    folder = f"../shared/data/{hub_id.split('/')[-1]}" if hub_id in {p.path for p in PRESETS.values()} \
-        else "<a folder>"
+    """Where a copy of a preset's dataset lies on this project's machines (docs/TRAINING.md's local copies), where
+    that folder exists from here; else a placeholder, so the hint never names a path that is not there."""
+    shared = f"../shared/data/{hub_id.split('/')[-1]}"
+    folder = shared if hub_id in {p.path for p in PRESETS.values()} and Path(shared).is_dir() else "<a folder>"
     return f"use a local folder: --dataset {folder} (a copy laid out like {hub_id})"
 
 

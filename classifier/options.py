@@ -43,11 +43,25 @@ def fractions_pair(value: str) -> tuple[float, float]:
     return start, end
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """One default per option: a recipe option's comes from the preset (named with it), an option whose help
+    states its own keeps that, and flags (their default is their opposite) and unset options get none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.dest in GENERIC_RECIPE:
+            return f"{text} (default: the preset's, else {GENERIC_RECIPE[action.dest]})".lstrip()
+        if ("default" in text or action.default in (None, [], argparse.SUPPRESS)
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Fine-tune a timm model on an image-classification dataset with Hugging Face accelerate.",
         epilog=f"Presets: {', '.join(f'{k} ({v.path})' for k, v in PRESETS.items())}. Recipe options ({RECIPE_HELP}).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     data = p.add_argument_group("data")
     data.add_argument("--dataset", required=True,
@@ -90,17 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "drop_path_rate=0.1); recorded in config.json so timm rebuilds the same model")
 
     train = p.add_argument_group("training")
-    train.add_argument("--epochs", type=int)
+    train.add_argument("--epochs", type=int, help="passes over the training set")
     train.add_argument("--batch-size", type=int, help="per process")
-    train.add_argument("--eval-batch-size", type=int, default=256)
-    train.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    train.add_argument("--optimizer", choices=["sgd", "adamw", "adam"])
+    train.add_argument("--eval-batch-size", type=int, default=256, help="per process, for validation and test")
+    train.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                       help="optimizer steps every this many batches (a larger effective batch)")
+    train.add_argument("--optimizer", choices=["sgd", "adamw", "adam"], help="SGD with Nesterov momentum, AdamW or Adam")
     train.add_argument("--lr", type=float, help="peak learning rate")
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (nesterov)")
-    train.add_argument("--weight-decay", type=float)
-    train.add_argument("--scheduler", choices=["onecycle", "cosine"])
+    train.add_argument("--weight-decay", type=float, help="decoupled for AdamW, L2 for SGD and Adam; not on biases and norms")
+    train.add_argument("--scheduler", choices=["onecycle", "cosine"], help="learning-rate schedule, stepped every optimizer step")
     train.add_argument("--warmup-epochs", type=float, help="linear warm-up length (cosine) / peak position (onecycle)")
-    train.add_argument("--label-smoothing", type=float)
+    train.add_argument("--label-smoothing", type=float, help="share of each target spread over the other classes")
     train.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
     train.add_argument("--augment", choices=AUGMENT_LEVELS,
                        help="none; basic = shift + flip; strong = basic + zoom + TrivialAugment")

@@ -7,6 +7,7 @@ we wrote (gr.Error) reach a client.
 from __future__ import annotations
 
 import csv
+import logging
 import shlex
 import threading
 import time
@@ -24,12 +25,18 @@ from .report import CALIBRATION_NAME, CONFUSION_NAME, CURVES_NAME, METRIC_ROWS
 from .security import Limits, TempFolder, UploadError, csv_cell, public_name, uploaded_file
 
 ALL_CLASSES = "all classes"
+log = logging.getLogger(__name__)
 
 
 class ServiceError(gr.Error):
     """A request the service refuses. The message is for the caller (Gradio shows it; REST sends it as
     {"error": message}), `status` is its HTTP status on REST."""
     status = 400
+
+    def __init__(self, message: str):
+        # the caller's mistake, not a fault of the server: one log line, not Gradio's traceback for each
+        super().__init__(message, print_exception=False)
+        log.info("refused (%s): %s", type(self).__name__, message)
 
 
 class UnknownModel(ServiceError):
@@ -89,7 +96,8 @@ class App:
     def top_k(value) -> int:
         """A top-k from a request: a whole number of at least 1 (larger ones are clamped to the classes)."""
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
-            raise ServiceError(f"top_k must be a whole number of at least 1, got {str(value)[:20]}.")
+            shown = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)[:20]
+            raise ServiceError(f"top_k must be a whole number of at least 1, got {shown}.")
         return int(value)
 
     def decode(self, data: bytes, name: str, predictor: Predictor):
@@ -300,7 +308,8 @@ def summary(top, inference_ms: float, size, predictor: Predictor) -> str:
 
 def public_command(command: str | None) -> str | None:
     """The training command without `--output-dir` (where the training machine wrote) and with local paths
-    shortened to their last part; what is left says how to train the same model."""
+    shortened to `.../<last part>` (the "..." keeps `.../cifar10` from reading as the preset `cifar10`); what is left
+    says how to train the same model."""
     if not command:
         return command
     try:
@@ -317,5 +326,5 @@ def public_command(command: str | None) -> str | None:
             continue
         if word.startswith("--output-dir="):
             continue
-        shown.append(public_name(word) if word.startswith(("/", "~", "./", "../")) else word)
+        shown.append(f".../{public_name(word)}" if word.startswith(("/", "~", "./", "../")) else word)
     return shlex.join(shown)

@@ -351,7 +351,8 @@ def export_run(args, accelerator: Accelerator, training: Training, data: RunData
                          local_copy_note(args.dataset, split, final_dataset, data.splits.image_column))
         write_model_folder(args, exported_model(accelerator, training), metrics, facts, add_samples)
         accelerator.print(f"Model folder: {Path(args.output_dir).resolve()}")
-        accelerator.print(f"Serve it: python app.py --model {shlex.quote(args.output_dir)}")
+        # on this machine only: without --host the app listens on every interface (right in a container or Space)
+        accelerator.print(f"Serve it: python app.py --model {shlex.quote(args.output_dir)} --host 127.0.0.1")
 
 
 def peak_device_memory_mb(device: torch.device) -> float | None:

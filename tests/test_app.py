@@ -293,7 +293,7 @@ def test_every_endpoint_is_declared_once_and_served_by_both_gradio_and_rest(clie
     assert set(httpx.get(f"{base}/api/stats").json()) == set(client.predict(api_name="/stats"))
 
 
-def test_an_unknown_model_and_a_bad_top_k_get_the_same_answer_everywhere(client, server, corpus):
+def test_an_unknown_model_and_a_bad_top_k_get_the_same_answer_everywhere(client, server, corpus, capfd):
     base = server[0].rstrip("/")
     with pytest.raises(Exception, match="Unknown model 'nope'"):
         client.predict(model="nope", api_name="/model_info")
@@ -307,6 +307,11 @@ def test_an_unknown_model_and_a_bad_top_k_get_the_same_answer_everywhere(client,
     with open(corpus / "rgba.png", "rb") as f:
         response = httpx.post(f"{base}/api/classify", params={"top_k": "many"}, files={"file": ("a.png", f)})
     assert response.status_code == 422 and set(response.json()) == {"error"}  # FastAPI's own errors, same shape
+    with open(corpus / "rgba.png", "rb") as f:
+        response = httpx.post(f"{base}/api/classify", params={"top_k": 0}, files={"file": ("a.png", f)})
+    assert response.status_code == 400 and response.json()["error"].endswith("got 0.")  # as sent, not "0.0"
+    # a caller's mistake costs the server log one line, not a traceback each
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_samples_take_each_models_own_classes(client):

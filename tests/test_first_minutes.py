@@ -25,10 +25,20 @@ def test_a_preset_with_the_hub_out_of_reach_fails_at_once_in_one_line(tmp_path):
     result = cli("--dataset", "cifar10", "--output-dir", tmp_path / "out", **offline)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    # the shared copy is named only where it exists from the project's folder
+    folder = "../shared/data/cifar10" if (ROOT / "../shared/data/cifar10").is_dir() else "<a folder>"
     assert errors == ["error: cannot reach the Hub (ConnectError) to load 'cifar10'; use a local folder: "
-                      "--dataset ../shared/data/cifar10 (a copy laid out like uoft-cs/cifar10)."]
+                      f"--dataset {folder} (a copy laid out like uoft-cs/cifar10)."]
     assert "Traceback" not in result.stderr and "Retrying" not in result.stderr
     assert "Expected one of presets" not in result.stderr
+
+
+def test_a_dataset_path_that_does_not_exist_is_named_as_a_missing_folder(tmp_path):
+    """Not taken for a Hub id (which would answer "cannot reach the Hub" offline and name the path back)."""
+    for missing in (tmp_path / "nowhere", "../nowhere/cifar10", "tests/nowhere"):
+        result = cli("--dataset", missing, "--output-dir", tmp_path / "out")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"error: {missing}: no such folder" in result.stderr and "Hub (" not in result.stderr
 
 
 def test_library_warnings_are_printed_once():
@@ -58,7 +68,7 @@ def test_a_quick_run_shows_each_phase_and_ends_with_the_command_that_serves_it(p
     # 24 validation images for 20 training ones: the run says how to validate on fewer
     assert "validates on all 24 validation images; a quick run with --max-eval-samples 20" in shown
     assert re.search(r"epoch 1/2: train loss .* \| \d+s, about \d+ (s|min) to go$", shown, re.M)
-    assert result.stdout.rstrip().endswith(f"Serve it: python app.py --model {out}")
+    assert result.stdout.rstrip().endswith(f"Serve it: python app.py --model {out} --host 127.0.0.1")
 
 
 def test_the_card_names_the_dataset_and_says_its_split_was_a_local_copy(trained):

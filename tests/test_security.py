@@ -154,6 +154,8 @@ def test_no_local_path_reaches_the_page_or_the_api(url, model_folder, parquet_re
         assert secret not in about
     assert health["models"][0] == info["name"] == "blobs-model"
     assert "--output-dir" not in info["training_command"] and info["dataset"] == parquet_repo.name
+    # a shortened local path is marked as one, not mistaken for a preset or Hub id of the same name
+    assert f"--dataset .../{parquet_repo.name} " in info["training_command"]
 
 
 # -- 4. memory: large images are reduced as they are decoded; files and pixels per request are capped

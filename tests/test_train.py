@@ -301,6 +301,12 @@ def test_help_documents_options_with_defaults():
     for option in ("--dataset", "--pretrained-file", "--mixed-precision", "--checkpoint-every", "--resume",
                    "--push-to-hub", "--augment", "--val-fraction", "(default: 0.1)"):
         assert option in result.stdout
+    # each option states one default, the true one: none printed as "None" or twice, none contradicting a flag
+    text = " ".join(result.stdout.split())
+    assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
+    assert text.count("(default:") == len(re.findall(r"\(default: [^)]*\)", text))
+    assert not re.search(r"default[^()]*\) \(default:", text)
+    assert "--epochs EPOCHS passes over the training set (default: the preset's, else 10)" in text
 
 
 def test_failed_push_says_why_and_keeps_the_folder(trained, tmp_path):
