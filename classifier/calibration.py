@@ -6,9 +6,9 @@ Temperature scaling (Guo et al., 2017, "On Calibration of Modern Neural Networks
 T before the softmax: one view's predicted class never changes, only how sure the probabilities say the model is. It
 is fitted for the exact prediction the app makes: with `test_time_augmentation: flip`, the mean of the image's and its
 mirror's softmax, each of logits / T; there, where the two views disagree, T can move the class, so the record keeps
-the accuracy before and after and how many predictions changed. Label smoothing, which the presets use, and the mirror average can each move the
-probabilities away from how often the model is right; the fitted T says which way (below 1 sharpens, above 1
-softens).
+the accuracy before and after and how many predictions changed. Label smoothing, which the presets use, and the
+mirror average can each move the probabilities away from how often the model is right; the fitted T says which way
+(below 1 sharpens, above 1 softens).
 """
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ def nll(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def calibration_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
     """Expected calibration error (15 equal-width bins of the top probability, torchmetrics' L1 form: the mean gap
-    between confidence and accuracy, weighted by each bin's share), negative log-likelihood, accuracy, and each bin's mean
-    confidence, accuracy and count (the reliability diagram's data; empty bins are null)."""
+    between confidence and accuracy, weighted by each bin's share), negative log-likelihood, accuracy, and each bin's
+    mean confidence, accuracy and count (the reliability diagram's data; empty bins are null)."""
     ece = multiclass_calibration_error(probs.float(), labels, num_classes=probs.shape[-1], n_bins=ECE_BINS, norm="l1")
     top, predicted = probs.max(-1)
     bins = torch.bucketize(top, torch.linspace(0, 1, ECE_BINS + 1, dtype=top.dtype)[1:-1], right=True)

@@ -23,7 +23,7 @@ import timm.data
 import torch
 from tqdm.auto import tqdm
 
-from .hub import hub_unreachable
+from .hub import hub_unreachable, names_local_path
 from .images import BadImageError, open_rgb
 from .presets import PRESETS
 
@@ -80,9 +80,7 @@ def load_dataset_dict(spec: str) -> datasets.DatasetDict:
             return datasets.load_dataset(str(folder))
         if folder.exists():
             raise DataError(f"{spec!r} is a file; --dataset takes a folder, a preset or a Hub dataset id.")
-        # a Hub id is "name" or "owner/name"; anything else, or "runs/x" where runs/ exists, was meant as a folder
-        if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (spec.count("/") == 1
-                                                                       and Path(folder.parts[0]).is_dir()):
+        if names_local_path(spec):
             raise DataError(f"{spec}: no such folder (from {Path.cwd()}); --dataset takes a folder, a preset "
                             f"({', '.join(PRESETS)}) or a Hub dataset id.")
         require_hub(spec, spec)

@@ -39,60 +39,55 @@ def auto_precision(device_type: str) -> str:
     return "no"  # MPS, XLA, ...: fp32 unless asked
 
 
-def launcher_command() -> list[str] | None:
-    """The command line of the `accelerate launch` this process runs under (its parent, or the parent's
-    parent under torch's elastic agent), or None."""
+def parent_command_lines():
+    """The command lines of this process's parents, nearest first; stops where psutil may not read one."""
     import psutil
 
     try:
         for process in psutil.Process().parents():
-            command = process.cmdline()
-            if is_accelerate_launch(command):
-                return command
+            yield process.cmdline()
     except psutil.Error:
-        return None
+        return
+
+
+def launcher_words(command: list[str]) -> list[str] | None:
+    """`accelerate launch ...` or `torchrun ...` as a user types it, from a command line that runs one (the
+    interpreter and paths in front dropped, the launcher's options and what follows kept); None for anything else."""
+    names = [Path(part).name for part in command]
+    for i, name in enumerate(names):
+        if name == "accelerate" and names[i + 1:i + 2] == ["launch"]:
+            return ["accelerate", "launch", *command[i + 2:]]
+        if name in ("accelerate-launch", "accelerate.commands.launch"):
+            return ["accelerate", "launch", *command[i + 1:]]
+        if name in ("torchrun", "torch.distributed.run"):
+            return ["torchrun", *command[i + 1:]]
     return None
 
 
-# a launcher's token in its parent's command line -> the name a user types
-LAUNCHERS = {"accelerate": "accelerate launch", "accelerate-launch": "accelerate launch",
-             "accelerate.commands.launch": "accelerate launch", "torchrun": "torchrun",
-             "torch.distributed.run": "torchrun"}
+def is_accelerate_launch(command: list[str]) -> bool:
+    return (launcher_words(command) or [None])[0] == "accelerate"
+
+
+def launcher_command() -> list[str] | None:
+    """The command line of the `accelerate launch` this process runs under (its parent, or the parent's
+    parent under torch's elastic agent), or None."""
+    return next((command for command in parent_command_lines() if is_accelerate_launch(command)), None)
 
 
 def run_command(script_args: list[str], script: str = "train_accelerate.py") -> str:
     """The line that started this run, to repeat it: the `accelerate launch` or torchrun it runs under with that
     launcher's own options, else `python`. ACCELERATE_USE_CPU is written in front when accelerate did not set it
     itself, because with torchrun it decides CPU or GPU."""
-    import psutil
-
     launcher = ["python"]
-    try:
-        for process in psutil.Process().parents():
-            command = process.cmdline()
-            names = [Path(part).name for part in command]
-            if script not in names:
-                continue
-            at = names.index(script)
-            start = next((i for i, name in enumerate(names[:at]) if name in LAUNCHERS
-                          and (name != "accelerate" or names[i + 1:i + 2] == ["launch"])), None)
-            if start is not None:
-                skip = 2 if names[start] == "accelerate" else 1
-                launcher = [*LAUNCHERS[names[start]].split(), *command[start + skip:at]]
+    for command in parent_command_lines():
+        names = [Path(part).name for part in command]
+        if script in names:  # the process that started the script: a launcher, or a shell or test running python
+            launcher = launcher_words(command[:names.index(script)]) or launcher
             break
-    except psutil.Error:
-        pass
     line = shlex.join([*launcher, script, *script_args])
     if launcher[0] != "accelerate" and os.environ.get("ACCELERATE_USE_CPU"):
         line = f"ACCELERATE_USE_CPU={shlex.quote(os.environ['ACCELERATE_USE_CPU'])} {line}"
     return line
-
-
-def is_accelerate_launch(command: list[str]) -> bool:
-    names = [Path(part).name for part in command]
-    return ("accelerate.commands.launch" in command or "accelerate-launch" in names
-            or any(name == "accelerate" and rest[:1] == ["launch"] for name, rest in
-                   ((names[i], command[i + 1:]) for i in range(len(command)))))
 
 
 def launcher_says_precision(command: list[str]) -> bool:

@@ -24,6 +24,13 @@ class HubError(RuntimeError):
     """A Hub operation failed; the message says why in plain words (never with the token)."""
 
 
+def names_local_path(spec: str) -> bool:
+    """Whether a `--dataset` / `--model` value that is not on disk was meant as a local path rather than a Hub id
+    ("name" or "owner/name"): it starts with . / ~, has more than one "/", or is "runs/x" where runs/ exists here."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (
+        spec.count("/") == 1 and Path(spec.split("/")[0]).is_dir())
+
+
 @functools.lru_cache(maxsize=None)
 def hub_unreachable() -> str | None:
     """Why the Hub (HF_ENDPOINT) cannot be reached, or None when it can or offline mode is on (the libraries then

@@ -14,7 +14,7 @@ import timm.data
 import torch
 from timm.models import save_for_hf
 
-from .hub import hub_unreachable
+from .hub import hub_unreachable, names_local_path
 
 log = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
@@ -196,8 +196,8 @@ def load(source: str | Path, revision: str | None = None, token: str | bool | No
         return load_folder(path)
     if path.exists():
         raise ModelSourceError(f"{source} is a file, not a model folder.")
-    # "runs/x" could be either; it is a path when its first part exists here (a Hub id has exactly one "/")
-    if str(source).startswith((".", "/", "~")) or str(source).count("/") != 1 or Path(path.parts[0]).is_dir():
+    # unlike a dataset, a bare model name is taken for a folder (Hub model ids are given as owner/name)
+    if names_local_path(str(source)) or "/" not in str(source):
         raise ModelSourceError(f"{source}: no such model folder.")
     try:
         folder = download(str(source), revision=revision, token=token)

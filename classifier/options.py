@@ -12,6 +12,7 @@ from .hardware import run_command
 from .model import TTA_CHOICES
 from .presets import GENERIC_RECIPE, PRESETS, recipe_for
 
+RESIZE_RAMP = (0.25, 0.75)  # FFCV's: the first quarter of the epochs at the small size, the last at the full one
 RECIPE_HELP = "default: the preset's recipe, else " + ", ".join(f"{k}={v}" for k, v in GENERIC_RECIPE.items())
 
 
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(see --resize-ramp); evaluation is always at --img-size (default: off)")
     model.add_argument("--resize-ramp", type=fractions_pair, metavar="START,END",
                        help="with --min-img-size: the fractions of the epochs between which the training size grows "
-                            "linearly from --min-img-size to --img-size (default: 0.25,0.75)")
+                            "linearly from --min-img-size to --img-size (default: %s,%s)" % RESIZE_RAMP)
     model.add_argument("--drop-rate", type=float, default=0.0, help="dropout before the classifier")
     model.add_argument("--model-arg", action="append", type=model_arg, default=[], metavar="KEY=VALUE",
                        help="extra timm.create_model argument, repeatable (e.g. output_stride=16, "
@@ -109,11 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-batch-size", type=int, default=256, help="per process, for validation and test")
     train.add_argument("--gradient-accumulation-steps", type=int, default=1,
                        help="optimizer steps every this many batches (a larger effective batch)")
-    train.add_argument("--optimizer", choices=["sgd", "adamw", "adam"], help="SGD with Nesterov momentum, AdamW or Adam")
+    train.add_argument("--optimizer", choices=["sgd", "adamw", "adam"],
+                       help="SGD with Nesterov momentum, AdamW or Adam")
     train.add_argument("--lr", type=float, help="peak learning rate")
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (nesterov)")
-    train.add_argument("--weight-decay", type=float, help="decoupled for AdamW, L2 for SGD and Adam; not on biases and norms")
-    train.add_argument("--scheduler", choices=["onecycle", "cosine"], help="learning-rate schedule, stepped every optimizer step")
+    train.add_argument("--weight-decay", type=float,
+                       help="decoupled for AdamW, L2 for SGD and Adam; not on biases and norms")
+    train.add_argument("--scheduler", choices=["onecycle", "cosine"],
+                       help="learning-rate schedule, stepped every optimizer step")
     train.add_argument("--warmup-epochs", type=float, help="linear warm-up length (cosine) / peak position (onecycle)")
     train.add_argument("--label-smoothing", type=float, help="share of each target spread over the other classes")
     train.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
@@ -188,7 +192,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.min_img_size is None:
         args.min_img_size = args.img_size
     if args.resize_ramp is None:
-        args.resize_ramp = (0.25, 0.75)
+        args.resize_ramp = RESIZE_RAMP
     if not 0 < args.min_img_size <= args.img_size:
         parser.error(f"--min-img-size must be between 1 and --img-size ({args.img_size}), got {args.min_img_size}")
     if args.tta is None:

@@ -160,16 +160,10 @@ With this project's app: `MODEL_ID={hub_id} python app.py`, or `python app.py --
 
 
 def calibration_section(calibration: dict, eval_split: str) -> str:
-    before, after = calibration["before"], calibration["after"]
-
-    def accuracy(record):  # records written before accuracy was kept
-        return f"{100 * record['accuracy']:.2f} %" if "accuracy" in record else "not recorded"
-
-    def changes(record, split):
-        # one view's class cannot move; the mean of the mirror views' probabilities can, where the views disagree
-        count = record.get("class_changes")
-        return "" if not count else (f"\nThe temperature changes the predicted class of {count} of the {split} images "
-                                     "(where the image and its mirror disagree).\n")
+    before, after, changed = calibration["before"], calibration["after"], calibration["class_changes"]
+    # one view's class cannot move; the mean of the mirror views' probabilities can, where the views disagree
+    changes = (f"\nThe temperature changes the predicted class of {changed} of the {eval_split} images (where the "
+               "image and its mirror disagree).\n") if changed else ""
     return f"""
 ## Calibration
 
@@ -179,9 +173,9 @@ validation split for the prediction as made above (config.json `temperature`; th
 
 | | ECE | NLL | accuracy |
 |---|---|---|---|
-| before | {100 * before['ece']:.2f} % | {before['nll']:.4f} | {accuracy(before)} |
-| after | {100 * after['ece']:.2f} % | {after['nll']:.4f} | {accuracy(after)} |
-{changes(calibration, eval_split)}
+| before | {100 * before['ece']:.2f} % | {before['nll']:.4f} | {100 * before['accuracy']:.2f} % |
+| after | {100 * after['ece']:.2f} % | {after['nll']:.4f} | {100 * after['accuracy']:.2f} % |
+{changes}
 The app adds a hint that an image may not be one of these classes when the calibrated top probability is under
 {calibration['low_confidence_threshold']:.3f}: 95 % of the right validation answers are above it. It fires on
 {100 * calibration['low_confidence_rate']:.1f} % of the {eval_split} images.

@@ -96,7 +96,7 @@ class App:
     def top_k(value) -> int:
         """A top-k from a request: a whole number of at least 1 (larger ones are clamped to the classes)."""
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
-            shown = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)[:20]
+            shown = f"{value:g}" if isinstance(value, float) else str(value)[:20]  # REST's 0 arrives as 0.0
             raise ServiceError(f"top_k must be a whole number of at least 1, got {shown}.")
         return int(value)
 
