@@ -97,6 +97,10 @@ def _read_record(folder: Path) -> dict:
         raise TrainingError(f"{folder} is not a complete checkpoint: {STATE_FILE} (progress and lr schedule) is "
                             f"missing; checkpoints from before this file was introduced cannot be resumed.")
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise TrainingError(f"{path} is damaged ({e}).") from e
+    missing = [key for key in ("num_processes", "progress", "scheduler") if key not in record]
+    if missing:
+        raise TrainingError(f"{path} is damaged: {', '.join(missing)} missing.")
+    return record

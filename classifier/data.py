@@ -14,7 +14,7 @@ import hashlib
 import io
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import datasets
@@ -267,6 +267,7 @@ class TensorSplit:
     labels: torch.Tensor  # int64 (N,)
     rows: torch.Tensor  # int64 (N,): each image's row in the source split (skipped rows leave gaps)
     skipped: int = 0
+    source: str = "decoded"  # or "cache": read from a cache another process (or an earlier run) wrote
 
     def __len__(self):
         return len(self.labels)
@@ -298,7 +299,7 @@ def decode_split(
     ).hexdigest()[:20]
     images_path, meta_path = cache_root() / f"{key}.npy", cache_root() / f"{key}.meta.npz"
     if use_cache and meta_path.exists() and images_path.exists():
-        return _read_cache(images_path, meta_path)
+        return replace(_read_cache(images_path, meta_path), source="cache")
 
     stream = StreamedSplit(split, image_column, label_column, num_classes, size, interpolation, crop_pct)
     shape = (len(stream), size, size, 3)

@@ -20,7 +20,7 @@ import os
 from contextlib import contextmanager
 from datetime import timedelta
 
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import InitProcessGroupKwargs, gather_object, set_seed
 
 from .data import DataError
@@ -64,8 +64,14 @@ def together(accelerator: Accelerator):
     except RUN_ENDING as error:
         failure = error
     if accelerator.num_processes > 1:
-        failures = [f for f in gather_object([failure]) if f is not None]
+        failures = [f for f in from_every_process(failure) if f is not None]
         if failures:
             raise agreed(failures[0]) from None
     elif failure is not None:
         raise failure
+
+
+def from_every_process(value) -> list:
+    """`value` as each process has it, by rank (one process: [value], without accelerate's gather_object, which
+    XLA does not have)."""
+    return gather_object([value]) if PartialState().num_processes > 1 else [value]

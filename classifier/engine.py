@@ -312,7 +312,14 @@ def collect_view_logits(model, loader, accelerator, mean, std, tta: str,
                 views = view_logits(model, x, tta)
             v, y = accelerator.gather_for_metrics((views.transpose(0, 1).contiguous(), y))  # gathered along images
             logits.append(v.transpose(0, 1).cpu()), labels.append(y.cpu())
-    return torch.cat(logits, dim=1), torch.cat(labels)
+    logits, labels = torch.cat(logits, dim=1), torch.cat(labels)
+    # diverged weights show here first when the last steps' losses were finite; the metrics would only say
+    # "Input contains NaN". The logits are gathered, so every process finds the same and raises together
+    broken = int((~torch.isfinite(logits)).any(-1).any(0).sum())
+    if broken:
+        raise agreed(TrainingError(f"{desc}: the model's outputs are not finite (NaN or inf) for {broken} of "
+                                   f"{len(labels)} images, so its weights are. Lower --lr or set --clip-grad."))
+    return logits, labels
 
 
 def split_metrics(logits: torch.Tensor, refs: torch.Tensor, num_classes: int,

@@ -39,6 +39,31 @@ def auto_precision(device_type: str) -> str:
     return "no"  # MPS, XLA, ...: fp32 unless asked
 
 
+class OnePixelSafeConv2d(torch.nn.Conv2d):
+    """A Conv2d that computes in float32 where PyTorch's CPU bf16 convolution gets its weight gradient wrong: a
+    strided convolution with a kernel wider than 1 whose input map is one pixel wide (measured with torch 2.14:
+    garbage, often NaN, in most backward passes; layer4's first convolution in resnet18 meets such a map below
+    17px, which progressive resizing from 16px trains at). The forward pass is right; only training needs this,
+    and only that one small map pays float32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if 1 in x.shape[-2:] and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
+def guard_bf16_cpu_convolutions(model: torch.nn.Module) -> int:
+    """Make the model's strided convolutions OnePixelSafeConv2d (same weights and state dict); -> how many.
+    Only plain nn.Conv2d: timm's own conv classes keep their forward."""
+    guarded = 0
+    for module in model.modules():
+        if type(module) is torch.nn.Conv2d and max(module.stride) > 1 and max(module.kernel_size) > 1:
+            module.__class__ = OnePixelSafeConv2d
+            guarded += 1
+    return guarded
+
+
 def parent_command_lines():
     """The command lines of this process's parents, nearest first; stops where psutil may not read one."""
     import psutil

@@ -23,15 +23,16 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import parse_flag_from_env
 
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from .data import (DataError, Splits, StreamedSplit, TensorSplit, decode_split, load_splits, local_copy_note, streams,
-                   typical_size)
-from .distributed import RUN_ENDING, local_process_count, on_every_process, process_group_kwargs, seed_processes, \
-    together
+from .data import (DataError, Splits, StreamedSplit, TensorSplit, decode_split, load_splits, local_copy_note,
+                   memory_budget, streams, typical_size)
+from .distributed import (RUN_ENDING, from_every_process, local_process_count, on_every_process,
+                          process_group_kwargs, seed_processes, together)
 from .calibration import calibrate
 from .engine import (Plan, Recipe, collect_view_logits, epoch_record, eval_loader, evaluate_split,
                      split_metrics, train_one_epoch)
 from .export import RunFacts, check_output_dir, write_model_folder
-from .hardware import configure_backends, describe_hardware, resolve_compile, resolve_precision
+from .hardware import (configure_backends, describe_hardware, guard_bf16_cpu_convolutions, resolve_compile,
+                       resolve_precision)
 from .model import create_model
 from .options import parse_args
 from .samples import write_samples
@@ -90,7 +91,11 @@ def load_data(args, accelerator: Accelerator) -> RunData:
                   skip_bad_images=args.skip_bad_images, use_cache=not args.no_data_cache, workers=args.data_workers,
                   progress=accelerator.is_local_main_process)
     train_bytes = len(splits.train) * 3 * store_size ** 2
-    streamed = streams(args.data_path, train_bytes, accelerator.device, local_process_count(accelerator))
+    local_processes = local_process_count(accelerator)
+    streamed = streams(args.data_path, train_bytes, accelerator.device, local_processes)
+    # why `auto` chose as it did: each of this machine's processes may hold the set, so they share the budget
+    args.resolved["data_path_budget"] = {"decoded_train_bytes": train_bytes, "local_processes": local_processes,
+                                         "bytes_per_process": memory_budget(accelerator.device, local_processes)}
     if streamed:
         train = StreamedSplit(splits.train, splits.image_column, splits.label_column, num_classes, store_size)
     else:
@@ -116,6 +121,11 @@ def setup(args) -> tuple[Accelerator, RunData]:
             data = load_data(args, accelerator)
     if any(data.skipped.values()):
         accelerator.print(f"Skipped undecodable images: {data.skipped}")
+    # where each process's images came from: the main process of a machine decodes, the others read its cache
+    sources = {name: "streamed" if name == "train" and data.streamed else split.source
+               for name, split in (("train", data.train), ("validation", data.validation), ("test", data.test))
+               if split is not None}
+    args.resolved["data_sources"] = from_every_process(sources)
     if not data.streamed:  # each step indexes its batch out of this tensor, where the model is
         train, device = data.train, accelerator.device
         data.train = TensorSplit(train.images.to(device), train.labels.to(device), train.rows)
@@ -197,6 +207,9 @@ def build_training(args, accelerator: Accelerator, data: RunData) -> Training:
         plan = plan_steps(args, len(data.train), accelerator.num_processes)
     if plan.batch_size != args.batch_size:
         accelerator.print(f"--batch-size {args.batch_size} exceeds the training set; using {plan.batch_size}.")
+    bf16_on_cpu = device.type == "cpu" and accelerator.mixed_precision == "bf16"
+    # the convolutions kept off bf16's wrong gradients on one-pixel maps (hardware.py), for the record
+    args.resolved["fp32_on_one_pixel_maps"] = guard_bf16_cpu_convolutions(model) if bf16_on_cpu else 0
     model = model.to(memory_format=torch.channels_last)
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     optimizer = build_optimizer(args, model, device)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from classifier.data import DataError, load_splits
 
-from .conftest import CLASSES, FAST, make_examples, train
+from .conftest import CLASSES, FAST, make_examples, reset_accelerate_state, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +70,29 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(parqu
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
+def test_weights_that_diverged_after_the_last_checked_loss_are_named_at_evaluation():
+    # the last optimizer step can break the weights with every loss seen finite; the metrics would only say
+    # "Input contains NaN" (sklearn's words, as a CI run showed)
+    import timm
+    from accelerate import Accelerator
+
+    from classifier.distributed import on_every_process
+    from classifier.engine import collect_view_logits
+    from classifier.state import TrainingError
+
+    model = timm.create_model("resnet18", num_classes=4).eval()
+    with torch.no_grad():
+        model.fc.bias[2] = float("nan")
+    loader = [(torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8), torch.arange(5) % 4)]
+    mean, std = torch.tensor([0.5] * 3), torch.tensor([0.25] * 3)
+    with pytest.raises(TrainingError, match=r"validate: the model's outputs are not finite \(NaN or inf\) for 5 "
+                                            r"of 5 images.*Lower --lr") as raised:
+        reset_accelerate_state()
+        collect_view_logits(model, loader, Accelerator(cpu=True), mean, std, "none", desc="validate")
+    # the logits are gathered, so every process raises it: printed once by the main process, all leave together
+    assert on_every_process(raised.value)
+
+
 def test_a_checkpoint_missing_a_piece_names_it_on_resume(parquet_repo, tmp_path, capsys):
     out = tmp_path / "model"
     args = ["--dataset", parquet_repo, "--output-dir", out, "--epochs", "1", "--checkpoint-every", "3",
@@ -80,6 +103,12 @@ def test_a_checkpoint_missing_a_piece_names_it_on_resume(parquet_repo, tmp_path,
     assert {p.name for p in latest.iterdir()} >= {"model.safetensors", "optimizer.bin", "random_states_0.pkl",
                                                    "training_state.json"}
     assert not list(latest.glob("custom_checkpoint_*"))
+    # a record without the scheduler's state is named too, not a KeyError
+    record = json.loads((latest / "training_state.json").read_text())
+    (latest / "training_state.json").write_text(json.dumps({k: v for k, v in record.items() if k != "scheduler"}))
+    with pytest.raises(SystemExit) as exited:
+        train(*args, "--resume", "latest")
+    assert exited.value.code == 2 and "training_state.json is damaged: scheduler missing" in capsys.readouterr().err
     for piece, message in (("optimizer.bin", "optimizer.bin missing"),
                            ("training_state.json", "training_state.json (progress and lr schedule) is missing")):
         (latest / piece).unlink()

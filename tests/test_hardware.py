@@ -4,6 +4,7 @@ the CUDA backend flags; an fp16 step the scaler skips; the GPU smoke check's own
 the loop measured the same way."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -47,12 +48,33 @@ def test_accelerate_launch_precision_is_used_unless_our_flag_says_otherwise(parq
     ours = launched(["--mixed_precision", "no"], ["--mixed-precision", "bf16"], parquet_repo, tmp_path / "ours")
     assert ours["resolved"]["mixed_precision_from"] == "command line"
     assert (ours["resolved_mixed_precision"], ours["compute_dtype"]) == ("bf16", "bfloat16")  # autocast took effect
+    # resnet18's four strided convolutions (stem, first of layers 2-4) are guarded in bf16 on the CPU, none in fp32
+    assert (ours["resolved"]["fp32_on_one_pixel_maps"], told["resolved"]["fp32_on_one_pixel_maps"]) == (4, 0)
 
     # a launcher told nothing passes its default "no": that is not a choice, so auto applies
     plain = launched([], [], parquet_repo, tmp_path / "plain")
     assert plain["resolved"]["mixed_precision_from"] == "auto"
     assert plain["resolved_mixed_precision"] == auto_precision("cpu")
     assert plain["compute_dtype"] == {"bf16": "bfloat16", "no": "float32"}[auto_precision("cpu")]
+
+
+def test_a_strided_convolution_on_a_one_pixel_map_gets_its_true_gradient_under_bf16():
+    # torch 2.14's CPU bf16 kernel returns garbage (often NaN) weight gradients for this shape in most calls, so
+    # ten calls without the guard are practically sure to fail; with it they match float32's
+    torch.manual_seed(0)
+    for _ in range(10):
+        conv = torch.nn.Conv2d(64, 128, 3, stride=2, padding=1, bias=False)
+        reference = copy.deepcopy(conv)
+        assert hardware.guard_bf16_cpu_convolutions(conv) == 1
+        x = torch.randn(8, 64, 2, 1)  # a map one pixel wide, as layer4 meets at 16px
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            conv(x).square().mean().backward()
+        reference(x).square().mean().backward()
+        torch.testing.assert_close(conv.weight.grad, reference.weight.grad)
+    # larger maps keep bf16 (the speed), and the state dict is a plain Conv2d's
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(torch.randn(2, 64, 4, 4)).dtype == torch.bfloat16
+    assert conv.state_dict().keys() == reference.state_dict().keys()
 
 
 def test_a_launcher_told_by_its_config_file_or_command_line(tmp_path):
