@@ -44,6 +44,7 @@ def start_server(args: list[str], port: int, env: dict | None = None, timeout: f
     log = tempfile.TemporaryFile(mode="w+")
     env = dict(os.environ if env is None else env, GRADIO_ANALYTICS_ENABLED="False")
     server = subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=log, env=env)
+    server.log = log  # what it printed, for a caller that checks it
     deadline = time.time() + timeout
     while time.time() < deadline:
         if server.poll() is not None:

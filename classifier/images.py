@@ -11,9 +11,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 89_478_485
 # below this the image holds too little to classify (a 1x1 upload is almost always a mistake or a probe)
 MIN_SIDE = 8
-# with `fit`, images are reduced while decoding until their shorter side is under this many times the model's input:
-# the model's own resize then starts from at least 4x its size, so the prediction barely moves, and a huge
-# upload costs a small image's memory from the moment it is decoded
+# with `fit`, an image whose shorter side is at least twice this many times the model's input is reduced by a whole
+# factor while decoding, to between this many and twice as many times: the model's own resize then starts from at
+# least 4x its size, so the prediction barely moves, and a huge upload costs a small image's memory from the moment
+# it is decoded
 REDUCE_MARGIN = 4
 
 

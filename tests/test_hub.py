@@ -94,6 +94,8 @@ def test_deploy_space_creates_the_repo_and_sets_model_id(hub, trained, tmp_path)
     assert not any(f.startswith(("tests/", "models/", "runs/")) for f in space.files)
     readme = space.files["README.md"].decode()
     assert "sdk: gradio" in readme and "app_file: app.py" in readme and "- tester/blobs" in readme
+    # the Python CI tests, as in this project's own Space card
+    assert 'python_version: "3.11"' in readme and 'python_version: "3.11"' in (ROOT / "README.md").read_text()
     assert space.variables == {"MODEL_ID": "tester/blobs", "MODEL_REVISION": "main"}
 
 
@@ -113,11 +115,24 @@ def test_app_pulls_model_id_and_falls_back_when_the_hub_is_gone(hub, trained, co
         with open(corpus_image, "rb") as f:
             response = httpx.post(f"{url}/api/classify", params={"model": "tester/blobs"}, files={"file": f})
         assert response.status_code == 200 and response.json()["model"] == "tester/blobs"
+        # the token that pulled the model appears in no answer and no log line
+        answers = [httpx.get(f"{url}{path}").text for path in ("/healthz", "/config", "/api/model_info", "/api/stats")]
+        assert hub.token not in "".join(answers) + response.text
     finally:
         app.terminate()
         app.wait(timeout=30)
+    app.log.seek(0)
+    log = app.log.read()
+    assert hub.token not in log
 
     hub.stop()
+    app, url = start_app(env)  # the Hub gone, the model in the cache: served from there
+    try:
+        health = httpx.get(f"{url}/healthz").json()
+        assert health["models"][0] == "tester/blobs" and health["notice"] is None
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
     env["HF_HOME"] = str(tmp_path / "empty-home")  # nothing cached: the Hub is really needed
     app, url = start_app(env)
     try:
@@ -125,9 +140,12 @@ def test_app_pulls_model_id_and_falls_back_when_the_hub_is_gone(hub, trained, co
         assert "tester/blobs" not in health["models"] and health["models"]  # the bundled model(s)
         assert "Could not load the model 'tester/blobs'" in health["notice"]
         assert "tester/blobs" in httpx.get(url + "/config").text  # the notice is on the page
+        assert hub.token not in health["notice"] + httpx.get(url + "/config").text
     finally:
         app.terminate()
         app.wait(timeout=30)
+    app.log.seek(0)
+    assert hub.token not in app.log.read()
 
 
 @pytest.fixture
