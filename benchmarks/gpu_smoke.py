@@ -1,5 +1,6 @@
 """GPU smoke check: does training run, and how fast, in every precision and with torch.compile, on 1 GPU and
-(where there are two or more) on 2 processes. Meant for anyone with a GPU; about 5 minutes on one.
+(where there are two or more) on 2 processes. Meant for anyone with a GPU, to take under 5 minutes on one (not
+timed yet: no GPU has run it).
 
     python -m benchmarks.gpu_smoke                                  # the shared CIFAR-10, 300 steps per run
     python -m benchmarks.gpu_smoke --configs bf16,fp16 --processes 1

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The TPU (XLA) path, tried on a CPU: torch-xla runs XLA on the CPU with PJRT_DEVICE=CPU. torch-xla pins its own
-# torch release, so it lives in a virtualenv of its own, never the project's or CI's. Then the check: a few
-# hundred steps through accelerate's XLA support on a CIFAR-10 subset (benchmarks/xla_check.py).
+# torch release, so it lives in a virtualenv of its own, never the project's or CI's. Then the check: by default
+# 3 epochs of 16 steps (48 steps, batch 32, 32 px: 512 training images; --steps sets the steps per epoch) through
+# accelerate's XLA support on a CIFAR-10 subset (benchmarks/xla_check.py).
 #   bash benchmarks/xla_cpu.sh                                   # make the virtualenv (once), run the check
 #   bash benchmarks/xla_cpu.sh --dataset ../shared/data/cifar10 --steps 40
 # XLA_VENV (default ~/.cache/image-classifier-xla/venv-<version>) and TORCH_XLA_VERSION choose where and which.

@@ -1,8 +1,9 @@
 """Where the model looked: a Grad-CAM heatmap of one class over the input image, with torchcam.
 
 torchcam rather than grad-cam (pytorch-grad-cam): on the bundled CIFAR-10 model at 96 px, one thread, a heatmap cost
-17 ms against 15 ms for the forward pass alone, because torchcam takes the gradient only down to the hooked layer;
-grad-cam back-propagates through the whole network (58 ms) and brings OpenCV along (docs/PERFORMANCE.md).
+1.08x the forward pass alone, because torchcam takes the gradient only down to the hooked layer; grad-cam computes
+every parameter's gradient (3.2x torchcam's time, the same map) and brings OpenCV along
+(`python -m benchmarks.explain_libraries`, docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 

@@ -17,6 +17,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # what a training folder holds that is not part of the model repo
 NOT_UPLOADED = ["checkpoints/**", "logs/**", ".staging/**", ".write-test"]
+# the Python that CI tests; Spaces otherwise default to 3.10, which nothing here tests
+PYTHON_VERSION = "3.11"
 SPACE_FILES = ["app.py", "requirements.txt", "classifier/**/*.py", "classifier/metrics/**/*.py"]
 
 
@@ -88,7 +90,7 @@ def space_readme(space_id: str, model_id: str, datasets: list[str], hardware: st
     lines = [
         "---", f"title: {space_id.split('/')[-1]}", "emoji: 🖼️", "colorFrom: indigo", "colorTo: blue",
         "sdk: gradio", f"sdk_version: {gradio_pin.group(1) if gradio_pin else '6.31.0'}", "app_file: app.py",
-        "license: apache-2.0", "short_description: Image classifier (timm) with top-k, galleries, batch",
+        f'python_version: "{PYTHON_VERSION}"', "license: apache-2.0", "short_description: Image classifier (timm) with top-k, galleries, batch",
         f"models:\n- {model_id}", *(["datasets:\n" + "\n".join(f"- {d}" for d in datasets)] if datasets else []),
         "tags:\n- image-classification\n- timm", f"suggested_hardware: {hardware}", "---", "",
         f"# {space_id.split('/')[-1]}", "",

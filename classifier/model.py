@@ -182,11 +182,14 @@ def load_folder(folder: str | Path) -> LoadedModel:
 HUB_FILES = ["*.json", "*.md", "*.png", WEIGHTS_NAME, "samples/**"]
 
 
-def download(repo_id: str, revision: str | None = None, token: str | bool | None = None) -> Path:
-    """Fetch a model repo into huggingface_hub's cache; only safetensors weights are requested."""
+def download(repo_id: str, revision: str | None = None, token: str | bool | None = None,
+             cached_only: bool = False) -> Path:
+    """Fetch a model repo into huggingface_hub's cache (or only look there); only safetensors weights are
+    requested."""
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id, revision=revision, token=token, allow_patterns=HUB_FILES))
+    return Path(snapshot_download(repo_id, revision=revision, token=token, allow_patterns=HUB_FILES,
+                                  local_files_only=cached_only))
 
 
 def load(source: str | Path, revision: str | None = None, token: str | bool | None = None) -> LoadedModel:
@@ -199,11 +202,15 @@ def load(source: str | Path, revision: str | None = None, token: str | bool | No
     # unlike a dataset, a bare model name is taken for a folder (Hub model ids are given as owner/name)
     if names_local_path(str(source)) or "/" not in str(source):
         raise ModelSourceError(f"{source}: no such model folder.")
+    # with the Hub out of reach, the cache at once instead of huggingface_hub's 23 s of retries first
+    unreachable = hub_unreachable()
     try:
-        folder = download(str(source), revision=revision, token=token)
+        folder = download(str(source), revision=revision, token=token, cached_only=bool(unreachable))
     except Exception as e:
-        raise ModelSourceError(f"Cannot download {source!r} from the Hub ({type(e).__name__}: {e}). If it is a local "
-                               "folder, it does not exist here.") from e
+        reason = (f"the Hub cannot be reached ({unreachable}) and it is not in the local cache" if unreachable
+                  else f"{type(e).__name__}: {e}")
+        raise ModelSourceError(f"Cannot download {source!r} from the Hub ({reason}). If it is a local folder, it "
+                               "does not exist here.") from e
     return load_folder(folder)
 
 

@@ -13,7 +13,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 
@@ -50,8 +49,9 @@ class BadUpload(ServiceError):
 @dataclass(frozen=True)
 class Endpoint:
     """One action of the service: its Gradio API name and, where it has one, its REST route ("GET /api/..."),
-    declared once here so the two cannot drift. ui.py wires the Gradio events by `api_name`; server.py builds the
-    REST routes from `rest`; both call the App method of that name."""
+    declared once here so the two cannot drift. ui.py wires the Gradio events by `api_name` to the App method of
+    that name; server.py builds the GET routes from `rest` on the same method, and POST /api/classify calls
+    App.classify, the core App.predict runs too (REST sends the image's bytes, not an uploaded file's path)."""
     api_name: str
     rest: str | None
     summary: str

@@ -1,6 +1,8 @@
 """The Gradio Blocks of the Space. Every action a user can take is also a named API endpoint (service.ENDPOINTS)."""
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 import pandas as pd
 from gradio import image_utils
@@ -16,6 +18,7 @@ CSS = """
 #about pre, #about code {white-space: pre-wrap; word-break: break-word;}  /* the training command wraps */
 """
 MONITOR_EVERY_S = 5  # the Monitoring tab's plots refresh themselves this often
+MONITOR_BUCKET_S = 10  # and count requests in buckets of this many seconds
 
 
 class UploadedImage(gr.Image):
@@ -83,7 +86,7 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                         with gr.Accordion("Where the model looked", open=False, elem_id="explain"):
                             with gr.Row():
                                 explain_class = gr.Dropdown([], label="Class (default: the top one)",
-                                                            allow_custom_value=True, scale=3)
+                                                            allow_custom_value=True, scale=3, elem_id="explain-class")
                                 explain_button = gr.Button("Show heatmap", scale=1)
                             heatmap = gr.Image(label="Heatmap", type="pil", interactive=False, elem_id="heatmap")
                             explain_details = gr.JSON(label="Heatmap details", visible=False)
@@ -139,13 +142,14 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
 
             if public_stats:
                 with gr.Tab("Monitoring"):
-                    gr.Markdown(f"Requests since the server started (the last 30 minutes, in 10-second steps; refreshed "
+                    gr.Markdown(f"Requests since the server started (the last 30 minutes, in {MONITOR_BUCKET_S}-second steps; refreshed "
                                 f"every {MONITOR_EVERY_S} s).")
                     with gr.Row():
                         requests_plot = gr.LinePlot(x="time", y="requests", color="endpoint", x_title="time",
-                                                    y_title="requests per 10 s", label="Requests", y_lim=[0, None])
-                        latency_plot = gr.LinePlot(x="time", y="latency_ms_p50", color="endpoint", x_title="time",
-                                                   y_title="median latency (ms)", label="Latency", y_lim=[0, None])
+                                                    y_title=f"requests per {MONITOR_BUCKET_S} s", label="Requests",
+                                                    y_lim=[0, None])
+                        latency_plot = gr.ScatterPlot(x="time", y="latency_ms_p50", color="endpoint", x_title="time",
+                                                      y_title="median latency (ms)", label="Latency", y_lim=[0, None])
                     with gr.Row():
                         classes_plot = gr.BarPlot(x="class", y="predictions", label="Predicted classes",
                                                   y_lim=[0, None])
@@ -173,10 +177,10 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                     pass
             return (gr.Dropdown(choices=[ALL_CLASSES, *p.label_names], value=ALL_CLASSES), *sliders,
                     app.samples(ALL_CLASSES, name), *app.failures(name), app.about_markdown(name), *prediction,
-                    None, None, "", None, None)
+                    class_choices(list(prediction[0] or {})), None, None, "", None, None)
 
         outputs = [class_filter, top_k, gallery_k, batch_k, gallery, failures, confusion, calibration, curves, about,
-                   label, info, heatmap, gallery_label, gallery_info, table, csv_file]
+                   label, info, explain_class, heatmap, gallery_label, gallery_info, table, csv_file]
         inputs = [model, image, top_k, gallery_k, batch_k]
         model.change(show_model, inputs, outputs, api_visibility="private")
         demo.load(show_model, inputs, outputs, api_visibility="private")
@@ -184,16 +188,30 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
 
 
 def prediction_classes(prediction: dict | None) -> gr.Dropdown:
-    """The heatmap's class choices: the classes of the top-k on screen, the top one first."""
-    classes = [c["label"] for c in (prediction or {}).get("confidences", [])]
+    """The heatmap's class choices: the classes of the top-k on screen (a gr.Label's value), the top one first."""
+    return class_choices([c["label"] for c in (prediction or {}).get("confidences", [])])
+
+
+def class_choices(classes: list[str]) -> gr.Dropdown:
     return gr.Dropdown(choices=classes, value=classes[0] if classes else None)
 
 
 def monitoring_plots(app: App):
-    timeline = pd.DataFrame(app.monitor.timeline(), columns=["time", "endpoint", "requests", "errors",
-                                                             "latency_ms_p50"])
+    """The Monitoring tab: requests per bucket (a line per endpoint), median latency per bucket (points: a bucket
+    without requests has none), the predicted-class histogram and the error count."""
+    step = MONITOR_BUCKET_S
+    timeline = pd.DataFrame(app.monitor.timeline(step), columns=["time", "endpoint", "requests", "errors",
+                                                                 "latency_ms_p50"])
     timeline = timeline.astype({"requests": "int64", "errors": "int64", "latency_ms_p50": "float64"})
-    timeline["time"] = pd.to_datetime(timeline["time"], unit="s")
+    # every bucket from the one before the first request to now: a quiet spell is a run of zeros, not a slope
+    # between two busy buckets, and an endpoint called once still gets a line (a line needs two points)
+    buckets = range(int(timeline["time"].min()) - step, int(time.time()) // step * step + 1, step) if len(timeline) \
+        else []
+    requests = (timeline.pivot_table(index="time", columns="endpoint", values="requests", fill_value=0)
+                .reindex(buckets, fill_value=0).stack().rename("requests").reset_index().astype({"requests": "int64"})
+                if len(timeline) else timeline[["time", "endpoint", "requests"]])
+    for frame in (requests, timeline):
+        frame["time"] = pd.to_datetime(frame["time"], unit="s")
     stats = app.stats()
     classes = pd.DataFrame(list(stats["top1_histogram"].items()), columns=["class", "predictions"]).astype(
         {"predictions": "int64"})
@@ -202,5 +220,5 @@ def monitoring_plots(app: App):
               (f" ({per_endpoint})" if per_endpoint else ""))
     # an empty frame must not be sent: the browser fixes a plot's axis types from the first data it gets, and an
     # empty frame's columns have no types (the plots stayed blank or nominal afterwards); skip until there is data
-    shown = [frame if len(frame) else gr.skip() for frame in (timeline, timeline, classes)]
+    shown = [frame if len(frame) else gr.skip() for frame in (requests, timeline, classes)]
     return *shown, errors

@@ -173,6 +173,23 @@ def test_an_explicit_model_that_cannot_be_loaded_stops_the_app(model, message, t
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
 
 
+def test_a_model_id_with_the_hub_out_of_reach_stops_the_app_at_once(tmp_path):
+    """Not offline mode, just no Hub (as on this machine): one probe, the cache, then the reason, without
+    huggingface_hub's 23 s of retries."""
+    from .conftest import free_port
+
+    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", HF_HOME=str(tmp_path / "hf"))
+    env.pop("HF_HUB_OFFLINE", None)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "app.py", "--model", "runs-elsewhere/cifar10", "--port", "1"],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
+                            env=env)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert ("Cannot download 'runs-elsewhere/cifar10' from the Hub (the Hub cannot be reached (ConnectError) and it is "
+            "not in the local cache). If it is a local folder, it does not exist here.") in result.stderr
+    assert time.perf_counter() - started < 20, "it waited for retries"
+
+
 def same_predictions(a, b) -> bool:
     """Equal labels and probabilities equal within float noise (a batch of n and n batches of one differ there)."""
     return [label for label, _ in a] == [label for label, _ in b] and all(
@@ -293,6 +310,24 @@ def test_every_endpoint_is_declared_once_and_served_by_both_gradio_and_rest(clie
     assert set(httpx.get(f"{base}/api/stats").json()) == set(client.predict(api_name="/stats"))
 
 
+def test_the_documented_defaults_are_the_endpoints_own(client):
+    """docs/APP.md's endpoint table states each optional input's default (`top_k=3`, `model=first`); they are read
+    from the served API, so a default changed in ui.py and not in the docs fails here."""
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "APP.md").read_text()
+    rows = re.findall(r"^\| `(/\w+)` \| ([^|]*) \|", docs, re.M)
+    assert {name for name, _ in rows} == set(api)
+    first = client.predict(api_name="/model_info")["name"]
+    checked = 0
+    for name, inputs in rows:
+        served = {p["parameter_name"]: p["parameter_default"] for p in api[name]["parameters"]
+                  if p["parameter_has_default"]}
+        for parameter, value in re.findall(r"(\w+)=(\w+)", inputs):
+            assert served[parameter] == (first if value == "first" else int(value)), (name, parameter, served)
+            checked += 1
+    assert checked >= 6, rows  # top_k and model of /predict and /classify_batch, model of the others
+
+
 def test_an_unknown_model_and_a_bad_top_k_get_the_same_answer_everywhere(client, server, corpus, capfd):
     base = server[0].rstrip("/")
     with pytest.raises(Exception, match="Unknown model 'nope'"):
@@ -340,3 +375,34 @@ def test_the_inference_precision_takes_effect(trained, precision, dtype):
     reference = Predictor(load_folder(trained), "fp32", "fp32").probabilities([image])[0]
     assert probs.argmax() == reference.argmax()
     torch.testing.assert_close(probs, reference, atol=0.02, rtol=0)
+
+
+def test_monitoring_plots_draw_a_single_request_and_count_a_quiet_spell_as_zero(monkeypatch):
+    from classifier.monitor import RequestMonitor
+    from classifier.ui import MONITOR_BUCKET_S, monitoring_plots
+
+    class Served:  # what the Monitoring tab reads of App
+        monitor = RequestMonitor()
+
+        def stats(self):
+            return self.monitor.stats()
+
+    served = Served()
+    assert monitoring_plots(served)[-1] == "**Errors: 0** of 0 requests"
+    now = time.time()
+    with monkeypatch.context() as m:
+        m.setattr(time, "time", lambda: now - 6 * MONITOR_BUCKET_S)
+        served.monitor.record("predict", 40.0, "cat")
+    served.monitor.record("predict", 20.0, "dog")
+    served.monitor.record("samples", 5.0, error="bad upload")
+    requests, latency, classes, errors = monitoring_plots(served)
+    samples = requests[requests.endpoint == "samples"]["requests"].tolist()
+    predict = requests[requests.endpoint == "predict"]["requests"].tolist()
+    # an endpoint called once still has a line (0 before it), and the quiet minute between two requests is zeros
+    assert samples[-1] == 1 and set(samples[:-1]) == {0}
+    assert predict[0] == 0 and predict[1] == 1 and predict[-1] == 1 and set(predict[2:-1]) == {0}
+    assert len(predict) >= 7
+    # latency has a point per bucket with requests, none for the quiet ones
+    assert sorted(latency["latency_ms_p50"]) == [5.0, 20.0, 40.0]
+    assert dict(zip(classes["class"], classes["predictions"])) == {"cat": 1, "dog": 1}
+    assert errors == "**Errors: 1** of 3 requests (samples 1)"

@@ -149,7 +149,7 @@ def square_on_noise(corner: str, size: int = 96) -> Image.Image:
 
 
 def test_the_heatmap_follows_the_object(trained_96, tmp_path):
-    """The /explain endpoint returns an overlay of the input's size; its hottest region sits on the blue square,
+    """The /explain endpoint returns an overlay of the upload's size; its hottest region sits on the blue square,
     top-left in one image and bottom-right in the other."""
     with serve(create_served_app(trained_96)) as url:
         client = Client(url, verbose=False)
@@ -166,6 +166,13 @@ def test_the_heatmap_follows_the_object(trained_96, tmp_path):
             heat = colour[..., 0] - colour[..., 2]
             ys, xs = np.nonzero(heat >= np.quantile(heat, 0.95))  # the hottest twentieth of the image
             hottest[corner] = (xs.mean(), ys.mean())
+        # a larger upload: its own size while its shorter side is under 8x the input (96 px), else the size it was
+        # decoded at, reduced by a whole factor (docs/APP.md)
+        for size, shown in (((700, 500), (700, 500)), ((1024, 768), (512, 384))):
+            path = tmp_path / f"{size[0]}.png"
+            square_on_noise("top-left").resize(size).save(path)
+            heatmap_path, _ = client.predict(handle_file(str(path)), None, None, api_name="/explain")
+            assert Image.open(heatmap_path).size == shown
     (x0, y0), (x1, y1) = hottest["top-left"], hottest["bottom-right"]
     # the map is 3x3 at this input size and a cell sees beyond itself: the heat moves with the square, by over a
     # sixth of the image in each direction, and sits in the right half for the bottom-right square
@@ -187,6 +194,29 @@ def test_a_model_without_feature_stages_says_so(trained):
 
     with pytest.raises(ExplainError, match="feature stages"):
         class_activation(Flat(), torch.zeros(1, 3, 32, 32), 0)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "efficientnet_b0", "convnext_atto", "densenet121"])
+def test_timm_cnns_beyond_resnets_give_a_heatmap(name):
+    """Other timm CNN families: the layer comes from timm's feature_info, whatever the family calls it."""
+    import timm
+
+    from classifier.explain import class_activation, target_layer
+
+    model = timm.create_model(name, num_classes=4).eval()
+    cam = class_activation(model, torch.randn(1, 3, 64, 64), 1)
+    assert target_layer(model) != "layer4" and cam.shape == (2, 2)  # 64 px / 32, the last stage's stride
+    assert torch.isfinite(cam).all() and 0 <= cam.min() <= cam.max() <= 1
+
+
+def test_a_vision_transformer_says_it_has_no_feature_map():
+    import timm
+
+    from classifier.explain import ExplainError, class_activation
+
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=4).eval()
+    with pytest.raises(ExplainError, match="blocks.11 of this model gives 3-dimensional outputs.*convolutional"):
+        class_activation(model, torch.randn(1, 3, 32, 32), 0)
 
 
 def test_recalibrating_a_folder_reproduces_the_runs_own_fit(trained, tmp_path):

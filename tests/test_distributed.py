@@ -22,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from classifier.data import memory_budget
 from classifier.engine import train_batches
 
 from .conftest import CLASSES, make_examples
@@ -76,24 +77,32 @@ def test_two_processes_train_and_count_each_sample_once(two_process_run, parquet
     assert record["command"].startswith("ACCELERATE_USE_CPU=1 torchrun --standalone --nproc_per_node 2 "
                                         "train_accelerate.py --dataset ")
     assert "Trained on 2 processes (accelerate MULTI_CPU)" in (out / "README.md").read_text()
-    assert stdout.count("Model folder:") == 1  # written by one process only
+    # `auto`'s memory budget is shared by the machine's two processes, and process 1 read the cache process 0 wrote
+    budget, sources = record["resolved"]["data_path_budget"], record["resolved"]["data_sources"]
+    assert budget["local_processes"] == 2 and budget["bytes_per_process"] == memory_budget(torch.device("cpu")) // 2
+    assert len(sources) == 2 and sources[1] == {"train": "cache", "validation": "cache", "test": "cache"}
+    # (written by one process only: accelerate's print shows one process's lines here whatever happens; the two
+    # machines' test below counts it over both)
     assert {"config.json", "model.safetensors", "metrics.json", "README.md"} <= {p.name for p in out.iterdir()}
     metrics = json.loads((out / "metrics.json").read_text())
     # 60 test images are not a multiple of 2 processes x 16: the last batch is padded and must be dropped
     assert metrics["final"]["num_samples"] == 60
     assert sum(metrics["final"]["per_class"]["support"]) == 60
 
-    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    one, two, odd = tmp_path / "one.json", tmp_path / "two.json", tmp_path / "odd.json"
     script = Path("tests") / "distributed_eval.py"
     succeeded(torchrun(1, script, out, parquet_repo, one, 16))
     succeeded(torchrun(2, script, out, parquet_repo, two, 16))
-    single, double = json.loads(one.read_text()), json.loads(two.read_text())
-    assert (single["num_processes"], double["num_processes"]) == (1, 2)
-    assert single["num_samples"] == double["num_samples"] == 60
-    for key in ("accuracy", "precision", "recall", "f1", "mcc", "confusion_matrix", "per_class"):
-        assert single[key] == double[key], key
-    assert single["roc_auc"] == pytest.approx(double["roc_auc"], abs=1e-6)
-    assert single["loss"] == pytest.approx(double["loss"], rel=1e-5)
+    # batches of 7: 9 batches, so process 1's last one is wrapped-around padding, not a short batch
+    succeeded(torchrun(2, script, out, parquet_repo, odd, 7))
+    single = json.loads(one.read_text())
+    for double in (json.loads(two.read_text()), json.loads(odd.read_text())):
+        assert (single["num_processes"], double["num_processes"]) == (1, 2)
+        assert single["num_samples"] == double["num_samples"] == 60
+        for key in ("accuracy", "precision", "recall", "f1", "mcc", "confusion_matrix", "per_class"):
+            assert single[key] == double[key], key
+        assert single["roc_auc"] == pytest.approx(double["roc_auc"], abs=1e-6)
+        assert single["loss"] == pytest.approx(double["loss"], rel=1e-5)
 
 
 def test_each_process_draws_its_own_augmentation_but_the_data_order_is_shared(parquet_repo, tmp_path):
@@ -141,11 +150,14 @@ def test_kill_9_of_two_processes_then_resume_latest_is_bit_identical(two_process
         process.send_signal(signal.SIGKILL)
     psutil.wait_procs(processes, timeout=30)
     assert not (out / "config.json").exists()
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.endswith(".partial"))
+    assert kept == ["step_00000004", "step_00000008"], kept
 
     checkpoint = json.loads((out / "checkpoints" / "step_00000008" / "training_state.json").read_text())
     assert checkpoint["num_processes"] == 2 and checkpoint["progress"]["batches_done"] == 2
     result = succeeded(torchrun(2, *args, "--output-dir", out, "--resume", "latest"))
-    assert "Resumed from" in result.stdout
+    # from step 8, mid-epoch 2: a kill that came late would have left step 12, the last, and proved less
+    assert "step_00000008 (epoch 2, batch 2)." in result.stdout, result.stdout
     same_weights(uninterrupted, out)
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
@@ -217,8 +229,9 @@ def test_data_error_while_the_main_process_fills_the_cache_stops_both(broken_tra
 
 
 def test_two_machines_on_loopback_train_as_one_run(parquet_repo, tmp_path):
-    """README's launch line for 2 machines (accelerate launch --num_machines 2 --machine_rank R --main_process_ip),
-    both "machines" on this one with a process each: the wiring across machines, not a network."""
+    """The 2-machine launch line of README's "Launching" and docs/TRAINING.md (accelerate launch --multi_gpu
+    --num_machines 2 --machine_rank R --main_process_ip --main_process_port), both "machines" on this one over
+    loopback with one CPU process each (ACCELERATE_USE_CPU=1): the wiring across machines, not a network or GPUs."""
     from .conftest import free_port
 
     port = free_port()
