@@ -27,7 +27,6 @@ are the same and the temperatures must agree.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,41 +35,8 @@ import numpy as np
 import torch
 
 from classifier.calibration import ECE_BINS, calibration_metrics, fit_temperature, nll, probabilities
-from classifier.data import decode_split, load_splits
-from classifier.engine import collect_view_logits, eval_loader
-from classifier.model import load_folder
+from classifier.recalibrate import held_out_logits
 from classifier.train import describe_hardware
-
-
-def held_out_logits(folder: Path, dataset: str | None, max_samples: int, batch_size: int):
-    """(validation view logits, labels, test view logits, labels), the way classifier.recalibrate computes them."""
-    from accelerate import Accelerator
-
-    args = json.loads((folder / "training_args.json").read_text())
-    loaded = load_folder(folder)
-    splits = load_splits(dataset or args["dataset"], args.get("image_column"), args.get("label_column"),
-                         args.get("val_fraction", 0.1), args.get("seed", 0), args.get("max_train_samples"),
-                         args.get("max_eval_samples"))
-    config = loaded.data_config
-    decode = dict(image_column=splits.image_column, label_column=splits.label_column,
-                  num_classes=len(splits.label_names), size=config["input_size"][-1],
-                  interpolation=config["interpolation"], crop_pct=config["crop_pct"])
-    accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
-    torch.set_num_threads(1)
-    model = accelerator.prepare(loaded.model.to(memory_format=torch.channels_last))
-    mean, std = (torch.tensor(config[k], device=accelerator.device) for k in ("mean", "std"))
-
-    def logits(split, desc):
-        if max_samples:
-            split = split.select(range(min(max_samples, len(split))))
-        # not cached: a subset would leave its own copy in the shared decode cache
-        data = decode_split(split, desc=desc, use_cache=False, **decode)
-        return collect_view_logits(model, accelerator.prepare(eval_loader(data, batch_size)), accelerator, mean,
-                                   std, loaded.tta, desc=desc.replace("decode", "logits"))
-
-    val = logits(splits.validation, "decode validation")
-    test = logits(splits.test, "decode test") if splits.test is not None else val
-    return (*val, *test, splits.test is not None)
 
 
 def timed_fit(fit, repeats: int):
@@ -117,10 +83,10 @@ def main(argv=None) -> int:
     import netcal
 
     start = time.perf_counter()
-    val_logits, val_labels, test_logits, test_labels, has_test = held_out_logits(
-        args.model, args.dataset, args.max_samples, args.eval_batch_size)
+    val_logits, val_labels, final_split, test_logits, test_labels = held_out_logits(
+        args.model, args.dataset, args.eval_batch_size, args.max_samples)
     logits_s = time.perf_counter() - start
-    test_name = "test" if has_test else "validation (no test split)"
+    test_name = "test" if final_split == "test" else "validation (no test split)"
     print(f"machine: {describe_hardware(torch.device('cpu'))}; torch {torch.__version__} on "
           f"{torch.get_num_threads()} thread; netcal {netcal.__version__}")
     print(f"model: {args.model}; views: {val_logits.shape[0]}; fitted on validation ({len(val_labels)} images), "

@@ -26,8 +26,11 @@ from .model import CONFIG_NAME, ModelSourceError, calibration_keys, load_folder
 from .report import CALIBRATION_NAME, calibration_section
 
 
-def recalibrate(folder: Path, dataset: str | None = None, batch_size: int = 256) -> dict:
-    """Fit, and write config.json's keys, metrics.json's record, calibration.png and the card; -> the record."""
+def held_out_logits(folder: Path, dataset: str | None = None, batch_size: int = 256, max_samples: int = 0):
+    """The view logits of a model folder on its run's own validation split (rebuilt from training_args.json) and on
+    its test split: (validation logits, labels, final split name, its logits, labels); without a test split the
+    final split is validation. `max_samples` takes the first so many of each (not cached then: a subset would
+    leave its own copy in the shared decode cache)."""
     args = json.loads((folder / "training_args.json").read_text())
     loaded = load_folder(folder)
     splits = load_splits(dataset or args["dataset"], args.get("image_column"), args.get("label_column"),
@@ -36,18 +39,26 @@ def recalibrate(folder: Path, dataset: str | None = None, batch_size: int = 256)
     config = loaded.data_config
     decode = dict(image_column=splits.image_column, label_column=splits.label_column,
                   num_classes=len(splits.label_names), size=config["input_size"][-1],
-                  interpolation=config["interpolation"], crop_pct=config["crop_pct"])
+                  interpolation=config["interpolation"], crop_pct=config["crop_pct"], use_cache=not max_samples)
     accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
     model = accelerator.prepare(loaded.model.to(memory_format=torch.channels_last))
     mean, std = (torch.tensor(config[k], device=accelerator.device) for k in ("mean", "std"))
 
     def logits(split, desc):
+        if max_samples:
+            split = split.select(range(min(max_samples, len(split))))
         loader = accelerator.prepare(eval_loader(decode_split(split, desc=desc, **decode), batch_size))
         return collect_view_logits(model, loader, accelerator, mean, std, loaded.tta)
 
     val_logits, val_labels = logits(splits.validation, "decode validation")
-    final_split = "test" if splits.test is not None else "validation"
-    final_logits, final_labels = logits(splits.test, "decode test") if splits.test else (val_logits, val_labels)
+    if splits.test is None:
+        return val_logits, val_labels, "validation", val_logits, val_labels
+    return (val_logits, val_labels, "test", *logits(splits.test, "decode test"))
+
+
+def recalibrate(folder: Path, dataset: str | None = None, batch_size: int = 256) -> dict:
+    """Fit, and write config.json's keys, metrics.json's record, calibration.png and the card; -> the record."""
+    val_logits, val_labels, final_split, final_logits, final_labels = held_out_logits(folder, dataset, batch_size)
     record = calibrate(val_logits, val_labels, final_logits, final_labels)
 
     metrics = json.loads((folder / "metrics.json").read_text())
