@@ -50,7 +50,10 @@ def save_checkpoint(accelerator: Accelerator, state: TrainState, output_dir: Pat
     with together(accelerator):
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
-    accelerator.save_state(str(partial))
+    # every process writes its own pieces (its RNG state), and the folder is renamed only once all have: without
+    # the meeting at the end of this block the main process renamed it while another was still writing into it
+    with together(accelerator):
+        accelerator.save_state(str(partial))
     with together(accelerator):
         if accelerator.is_main_process:
             record = {"num_processes": accelerator.num_processes, "progress": progress.state_dict(),

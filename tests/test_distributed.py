@@ -41,7 +41,7 @@ def torchrun(num_processes: int, *command, timeout: float = 300) -> subprocess.C
 
 
 def succeeded(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, result.stderr[-12000:]
     return result
 
 

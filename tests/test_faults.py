@@ -104,11 +104,13 @@ def test_a_checkpoint_missing_a_piece_names_it_on_resume(parquet_repo, tmp_path,
                                                    "training_state.json"}
     assert not list(latest.glob("custom_checkpoint_*"))
     # a record without the scheduler's state is named too, not a KeyError
-    record = json.loads((latest / "training_state.json").read_text())
+    saved = (latest / "training_state.json").read_text()
+    record = json.loads(saved)
     (latest / "training_state.json").write_text(json.dumps({k: v for k, v in record.items() if k != "scheduler"}))
     with pytest.raises(SystemExit) as exited:
         train(*args, "--resume", "latest")
     assert exited.value.code == 2 and "training_state.json is damaged: scheduler missing" in capsys.readouterr().err
+    (latest / "training_state.json").write_text(saved)
     for piece, message in (("optimizer.bin", "optimizer.bin missing"),
                            ("training_state.json", "training_state.json (progress and lr schedule) is missing")):
         (latest / piece).unlink()

@@ -423,7 +423,8 @@ def test_a_model_name_is_only_ever_looked_up(url, corpus_image):
             response = httpx.post(f"{url}api/classify", params={"model": name}, files={"file": f}, timeout=30)
         assert response.status_code == 404 and response.json()["error"].startswith("Unknown model"), name
         assert len(response.json()["error"]) < 300 and "root:" not in response.text
-        with pytest.raises(Exception, match="Unknown model"):
+        # through Gradio, its dropdown refuses the name first; our own check stands behind it (test_app)
+        with pytest.raises(Exception, match="not in the list of choices|Unknown model"):
             client.predict(handle_file(str(corpus_image)), 1, name, api_name="/predict")
     assert healthy(url)
 
