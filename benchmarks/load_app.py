@@ -7,7 +7,7 @@ the server's memory is sampled.
     python -m benchmarks.load_app --model runs/cifar10 --clients 4 --requests 50
 
 Prints one table row per kind of traffic (ok, failed, answered busy, latency percentiles) and the server's peak
-memory; exits 1 if any well-formed request failed. A request answered "busy" (REST 503 with Retry-After) is retried
+memory; exits 1 if any well-formed request failed or the server grew past --memory-ceiling-mb. A request answered "busy" (REST 503 with Retry-After) is retried
 after the pause it names, as a well-behaved client does, and counted apart. Traffic goes to 127.0.0.1 only, and the
 run is bounded by --clients x --requests (+ --burst).
 """
@@ -169,6 +169,9 @@ def main(argv=None) -> int:
                         help="this many concurrent uploads of an 8000x8000 PNG (half REST, half gradio_client), "
                              "started once the clients are running")
     parser.add_argument("--burst-side", type=int, default=8000, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-ceiling-mb", type=float, default=700,
+                        help="the server's growth above its resting memory that fails the run (default 700: two "
+                             "64 MP decodes at 4 bytes a pixel, 512 MB, plus the model's working memory)")
     args = parser.parse_args(argv)
 
     folder = Path(tempfile.mkdtemp())
@@ -210,13 +213,15 @@ def main(argv=None) -> int:
     print(row("128 px image, half gradio_client, half REST", args.clients, args.clients * args.requests, *steady, wall))
     if bursting:
         print(row(f"{args.burst_side}x{args.burst_side} PNG burst", args.burst, args.burst, *burst, burst_wall[0]))
-    print(f"\nserver memory: {resting_mb:.0f} MB at rest, peak {peak_mb:.0f} MB "
-          f"(+{peak_mb - resting_mb:.0f} MB under load)")
+    growth_mb = peak_mb - resting_mb
+    within = growth_mb <= args.memory_ceiling_mb
+    print(f"\nserver memory: {resting_mb:.0f} MB at rest, peak {peak_mb:.0f} MB (+{growth_mb:.0f} MB under load; "
+          f"ceiling +{args.memory_ceiling_mb:.0f} MB: {'within' if within else 'EXCEEDED'})")
     failures = steady[1] + burst[1]
     for failure in sorted(set(failures))[:10]:
         print("failure:", failure)
     expected = args.clients * args.requests + args.burst
-    return 1 if failures or len(steady[0]) + len(burst[0]) != expected else 0
+    return 1 if failures or len(steady[0]) + len(burst[0]) != expected or not within else 0
 
 
 if __name__ == "__main__":
