@@ -19,6 +19,9 @@ CSS = """
 """
 MONITOR_EVERY_S = 5  # the Monitoring tab's plots refresh themselves this often
 MONITOR_BUCKET_S = 10  # and count requests in buckets of this many seconds
+# one colour per endpoint in every plot (each plot would otherwise colour the endpoints it happens to show in turn)
+ENDPOINT_COLOURS = {"predict": "#4c72b0", "rest_classify": "#dd8452", "classify_batch": "#55a868",
+                    "samples": "#c44e52", "explain": "#8172b3"}
 
 
 class UploadedImage(gr.Image):
@@ -146,9 +149,11 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                                 f"every {MONITOR_EVERY_S} s).")
                     with gr.Row():
                         requests_plot = gr.LinePlot(x="time", y="requests", color="endpoint", x_title="time",
+                                                    color_map=ENDPOINT_COLOURS,
                                                     y_title=f"requests per {MONITOR_BUCKET_S} s", label="Requests",
                                                     y_lim=[0, None])
                         latency_plot = gr.ScatterPlot(x="time", y="latency_ms_p50", color="endpoint", x_title="time",
+                                                      color_map=ENDPOINT_COLOURS,
                                                       y_title="median latency (ms)", label="Latency", y_lim=[0, None])
                     with gr.Row():
                         classes_plot = gr.BarPlot(x="class", y="predictions", label="Predicted classes",
