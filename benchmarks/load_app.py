@@ -7,9 +7,9 @@ the server's memory is sampled.
     python -m benchmarks.load_app --model runs/cifar10 --clients 4 --requests 50
 
 Prints one table row per kind of traffic (ok, failed, answered busy, latency percentiles) and the server's peak
-memory; exits 1 if any well-formed request failed or the server grew past --memory-ceiling-mb. A request answered "busy" (REST 503 with Retry-After) is retried
-after the pause it names, as a well-behaved client does, and counted apart. Traffic goes to 127.0.0.1 only, and the
-run is bounded by --clients x --requests (+ --burst).
+memory; exits 1 if any well-formed request failed or the server grew past --memory-ceiling-mb. A request answered
+"busy" (REST 503 with Retry-After) is retried after the pause it names, as a well-behaved client does, and counted
+apart. Traffic goes to 127.0.0.1 only, and the run is bounded by --clients x --requests (+ --burst).
 """
 from __future__ import annotations
 

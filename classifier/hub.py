@@ -90,7 +90,8 @@ def space_readme(space_id: str, model_id: str, datasets: list[str], hardware: st
     lines = [
         "---", f"title: {space_id.split('/')[-1]}", "emoji: 🖼️", "colorFrom: indigo", "colorTo: blue",
         "sdk: gradio", f"sdk_version: {gradio_pin.group(1) if gradio_pin else '6.31.0'}", "app_file: app.py",
-        f'python_version: "{PYTHON_VERSION}"', "license: apache-2.0", "short_description: Image classifier (timm) with top-k, galleries, batch",
+        f'python_version: "{PYTHON_VERSION}"', "license: apache-2.0",
+        "short_description: Image classifier (timm) with top-k, galleries, batch",
         f"models:\n- {model_id}", *(["datasets:\n" + "\n".join(f"- {d}" for d in datasets)] if datasets else []),
         "tags:\n- image-classification\n- timm", f"suggested_hardware: {hardware}", "---", "",
         f"# {space_id.split('/')[-1]}", "",

@@ -145,8 +145,8 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
 
             if public_stats:
                 with gr.Tab("Monitoring"):
-                    gr.Markdown(f"Requests since the server started (the last 30 minutes, in {MONITOR_BUCKET_S}-second steps; refreshed "
-                                f"every {MONITOR_EVERY_S} s).")
+                    gr.Markdown(f"Requests since the server started (the last 30 minutes, in {MONITOR_BUCKET_S}-second "
+                                f"steps; refreshed every {MONITOR_EVERY_S} s).")
                     with gr.Row():
                         requests_plot = gr.LinePlot(x="time", y="requests", color="endpoint", x_title="time",
                                                     color_map=ENDPOINT_COLOURS,

@@ -108,7 +108,8 @@ def test_gallery_captions_are_whole_and_the_command_wraps(page):
         page.get_by_role("tab", name=tab).click()
         caption = page.locator(f"{gallery} .caption-label").first
         expect(caption).to_be_visible(timeout=30_000)
-        fits = caption.evaluate("e => getComputedStyle(e).whiteSpace !== 'nowrap' && e.scrollWidth <= e.clientWidth + 1")
+        fits = caption.evaluate(
+            "e => getComputedStyle(e).whiteSpace !== 'nowrap' && e.scrollWidth <= e.clientWidth + 1")
         assert fits, (tab, caption.inner_text())
     page.get_by_role("tab", name="About the model").click()
     command = page.locator("#about pre").first

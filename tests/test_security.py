@@ -79,7 +79,8 @@ def test_server_paths_are_refused_as_uploads_without_being_read(url, model_folde
     answers = []
     for target in targets:
         started = time.perf_counter()
-        for endpoint, data in (("predict", [file_ref(target), 3, None]), ("classify_batch", [[file_ref(target)], 3, None]),
+        for endpoint, data in (("predict", [file_ref(target), 3, None]),
+                               ("classify_batch", [[file_ref(target)], 3, None]),
                                ("explain", [file_ref(target), None, None])):
             event, payload = call(url, endpoint, data, timeout=20)
             assert event == "error", (target, endpoint, payload)
