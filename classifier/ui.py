@@ -208,13 +208,7 @@ def monitoring_plots(app: App):
     timeline = pd.DataFrame(app.monitor.timeline(step), columns=["time", "endpoint", "requests", "errors",
                                                                  "latency_ms_p50"])
     timeline = timeline.astype({"requests": "int64", "errors": "int64", "latency_ms_p50": "float64"})
-    # every bucket from the one before the first request to now: a quiet spell is a run of zeros, not a slope
-    # between two busy buckets, and an endpoint called once still gets a line (a line needs two points)
-    buckets = range(int(timeline["time"].min()) - step, int(time.time()) // step * step + 1, step) if len(timeline) \
-        else []
-    requests = (timeline.pivot_table(index="time", columns="endpoint", values="requests", fill_value=0)
-                .reindex(buckets, fill_value=0).stack().rename("requests").reset_index().astype({"requests": "int64"})
-                if len(timeline) else timeline[["time", "endpoint", "requests"]])
+    requests = requests_per_bucket(timeline, step)
     for frame in (requests, timeline):
         frame["time"] = pd.to_datetime(frame["time"], unit="s")
     stats = app.stats()
@@ -227,3 +221,15 @@ def monitoring_plots(app: App):
     # empty frame's columns have no types (the plots stayed blank or nominal afterwards); skip until there is data
     shown = [frame if len(frame) else gr.skip() for frame in (requests, timeline, classes)]
     return *shown, errors
+
+
+def requests_per_bucket(timeline: pd.DataFrame, step: int) -> pd.DataFrame:
+    """(time, endpoint, requests) for every bucket from the one before the first request to now: a quiet spell is a
+    run of zeros, not a slope between two busy buckets, and an endpoint called once still gets a line (a line needs
+    two points)."""
+    if timeline.empty:
+        return timeline[["time", "endpoint", "requests"]].copy()
+    buckets = range(int(timeline["time"].min()) - step, int(time.time()) // step * step + 1, step)
+    counts = timeline.pivot_table(index="time", columns="endpoint", values="requests", fill_value=0)
+    return (counts.reindex(buckets, fill_value=0).stack().rename("requests").reset_index()
+            .astype({"requests": "int64"}))
