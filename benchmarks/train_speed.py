@@ -37,7 +37,7 @@ from torchvision import transforms
 from classifier.data import load_splits
 from classifier.engine import WINDOW
 from classifier.hardware import auto_precision, describe_hardware
-from classifier.model import create_model
+from classifier.model import StartingWeights, create_model
 from classifier.options import parse_args
 from classifier.train import build_optimizer
 
@@ -51,7 +51,7 @@ def autocast(precision: str):
 
 
 def new_model(train_args, num_classes: int, device: torch.device, compile_model: bool):
-    model = create_model("resnet18", num_classes, pretrained=False)[0].to(device, memory_format=torch.channels_last)
+    model = create_model("resnet18", num_classes, StartingWeights("scratch")).to(device, memory_format=torch.channels_last)
     # the optimizer our loop uses for this dataset (its preset's), so every row does the same work per step
     optimizer = build_optimizer(train_args, model, device)
     return (torch.compile(model) if compile_model else model), optimizer

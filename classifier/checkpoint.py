@@ -35,9 +35,10 @@ def find_checkpoint(output_dir: Path, resume: str) -> Path:
     return candidates[-1]
 
 
-def save_checkpoint(accelerator: Accelerator, state: TrainState, output_dir: Path, limit: int) -> None:
+def save_checkpoint(accelerator: Accelerator, state: TrainState, output_dir: Path, limit: int, plan: dict) -> None:
     """Save only finite weights, under a temporary name renamed when complete: a run killed or diverging at
-    any moment leaves the newest checkpoint a good one."""
+    any moment leaves the newest checkpoint a good one. `plan`: what fixes which images each step trains on,
+    checked on resume (see load_checkpoint)."""
     progress = state.progress
     # the weights are the same on every process (DDP), so every process stops here alike
     if not all(torch.isfinite(p).all() for p in state.model.parameters()):
@@ -56,7 +57,7 @@ def save_checkpoint(accelerator: Accelerator, state: TrainState, output_dir: Pat
         accelerator.save_state(str(partial))
     with together(accelerator):
         if accelerator.is_main_process:
-            record = {"num_processes": accelerator.num_processes, "progress": progress.state_dict(),
+            record = {"num_processes": accelerator.num_processes, "plan": plan, "progress": progress.state_dict(),
                       "scheduler": state.scheduler.state_dict()}
             (partial / STATE_FILE).write_text(json.dumps(record, indent=1))
             shutil.rmtree(folder, ignore_errors=True)
@@ -65,10 +66,28 @@ def save_checkpoint(accelerator: Accelerator, state: TrainState, output_dir: Pat
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(accelerator: Accelerator, state: TrainState, folder: Path, lr: float) -> None:
-    """Restore `state` (and every process's RNG) from `folder`; the lr given now replaces the checkpoint's."""
+PLAN_OPTIONS = {"seed": "--seed", "max_train_samples": "--max-train-samples", "train_images": "training images",
+                "batch_size": "--batch-size", "gradient_accumulation_steps": "--gradient-accumulation-steps"}
+
+
+def plan_differences(saved: dict, now: dict) -> list[str]:
+    """What differs between the plan a checkpoint was saved under and this run's: each changes which images
+    the remaining steps train on (the data order, the subset, the split, the batches), so the run would skip
+    or repeat some of them. Checkpoints from before the plan was recorded have none to compare."""
+    return [f"{PLAN_OPTIONS.get(key, key)} {saved[key]} (now {now.get(key)})" for key in saved
+            if saved[key] != now.get(key)]
+
+
+def load_checkpoint(accelerator: Accelerator, state: TrainState, folder: Path, lr: float, plan: dict) -> None:
+    """Restore `state` (and every process's RNG) from `folder`; the lr given now replaces the checkpoint's. A
+    checkpoint saved under another plan (see plan_differences) is refused."""
     with together(accelerator):
         record = _read_record(folder)
+        differences = plan_differences(record.get("plan", {}), plan)
+        if differences:
+            raise TrainingError(f"{folder} was saved by a run with {', '.join(differences)}; resuming would skip or "
+                                f"repeat training images. Resume with the same options, or start afresh in another "
+                                f"--output-dir.")
         same_processes = record["num_processes"] == accelerator.num_processes
         if not same_processes and record["progress"]["batches_done"]:
             raise TrainingError(
@@ -87,8 +106,8 @@ def load_checkpoint(accelerator: Accelerator, state: TrainState, folder: Path, l
     scheduler.load_state_dict(record["scheduler"])
     # the lr given now wins over the checkpoint's (e.g. a lower one after a divergence); same lr: no change
     scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
-    for group, base_lr in zip(state.optimizer.param_groups, scheduler.base_lrs):
-        group["lr"] = base_lr * scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group, base_lr, factor in zip(state.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base_lr * factor(scheduler.last_epoch)
     if not same_processes:
         accelerator.print(f"{folder} was saved by {record['num_processes']} process(es): the data order continues, "
                           f"but the random draws are not those of an uninterrupted run.")

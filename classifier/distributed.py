@@ -24,11 +24,12 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import InitProcessGroupKwargs, gather_object, set_seed
 
 from .data import DataError
+from .hub import HubError
 from .model import ModelSourceError
 from .state import TrainingError
 
 # errors that end a run with a one-line message and exit status 2; anything else is a bug and keeps its traceback
-RUN_ENDING = (DataError, ModelSourceError, TrainingError, OSError)
+RUN_ENDING = (DataError, HubError, ModelSourceError, TrainingError, OSError)
 
 
 def process_group_kwargs(timeout_seconds: float) -> InitProcessGroupKwargs:

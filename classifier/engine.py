@@ -152,7 +152,7 @@ def train_one_epoch(epoch: int, state: TrainState, train_data: TensorSplit | Str
               disable=not accelerator.is_local_main_process, dynamic_ncols=True) as bar:
         for batch_index, (images, y, failed) in enumerate(inputs, start=progress.batches_done):
             window.failed += failed
-            lr = state.scheduler.get_last_lr()[0]
+            lr = max(state.scheduler.get_last_lr())  # the head's: layer decay and a frozen backbone lower the others
             loss, logits, y = train_step(state, recipe, accelerator, images, y, img_size, args.clip_grad)
             progress.batches_done = batch_index + 1
             bar.update()  # host-side only: the bar moves with every batch, the loss comes with each window

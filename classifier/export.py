@@ -3,6 +3,8 @@ was trained, plots and the model card. Written by one process, staged, and moved
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +13,7 @@ import torch
 
 from . import report
 from .calibration import plot_reliability
-from .model import data_config, export, replace_folder_contents
+from .model import StartingWeights, data_config, export, replace_folder_contents
 from .options import dataset_slug
 from .presets import PRESETS, find_preset
 from .state import TrainingError
@@ -20,7 +22,7 @@ from .state import TrainingError
 @dataclass
 class RunFacts:
     """What the run resolved or found beyond its arguments; recorded next to them in training_args.json."""
-    weights_source: str
+    weights: StartingWeights
     model_args: dict
     mixed_precision: str
     data_path: str
@@ -37,6 +39,35 @@ class RunFacts:
         machines = f" on {self.num_machines} machines" if self.num_machines > 1 else ""
         return (f"{processes}{machines} (accelerate {self.distributed_type}), mixed precision {self.mixed_precision}, "
                 f"{self.hardware}")
+
+
+# the options of training_args.json that hold local paths
+PATH_OPTIONS = ("dataset", "output_dir", "pretrained_file", "resume")
+
+
+def public_path(value):
+    """A local path as the run's published record shows it: an absolute one (or ~) relative to the folder the run
+    started in when it lies inside it, else `.../<last part>`; a relative path, a Hub id or a name as given. The
+    training machine's folders (a home folder names its user) are nobody's business on the Hub."""
+    if not isinstance(value, str) or not value.startswith(("/", "~")):
+        return value
+    path = Path(value).expanduser()
+    if path.is_relative_to(Path.cwd()):
+        return os.path.relpath(path) if path != Path.cwd() else "."
+    return f".../{path.name}"
+
+
+def public_command(command: str) -> str:
+    """The command line with each local path shown as public_path shows it (`--opt=/a/b` forms included)."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    shown = []
+    for word in words:
+        option, sep, value = word.partition("=")
+        shown.append(f"{option}={public_path(value)}" if sep and option.startswith("--") else public_path(word))
+    return shlex.join(shown)
 
 
 def dataset_label(spec: str) -> str:
@@ -78,7 +109,9 @@ def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_fi
     export(model, staging, label_names, data_config(args.img_size, mean, std), facts.model_args,
            tag=dataset_slug(args.dataset), tta=args.tta, calibration=calibration)
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    training_args = dict(vars(args), weights_source=facts.weights_source,
+    published = {key: public_path(getattr(args, key)) for key in PATH_OPTIONS}
+    training_args = dict(vars(args), **published, command=public_command(args.command),
+                         weights_source=facts.weights.describe(),
                          resolved_mixed_precision=facts.mixed_precision, resolved_data_path=facts.data_path,
                          hardware=facts.hardware, num_processes=facts.num_processes,
                          distributed_type=facts.distributed_type, num_machines=facts.num_machines,
@@ -94,8 +127,8 @@ def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_fi
                           f"{args.model} on {dataset} ({final_split})")
     repo_name = args.push_to_hub or f"{args.model}-{dataset_slug(args.dataset)}"
     card = report.model_card(repo_name, args.model, dataset, preset.path if preset else None, label_names,
-                             final, final_split, args.command, args.img_size, facts.weights_source, facts.describe(),
-                             calibration, facts.data_note)
+                             final, final_split, public_command(args.command), args.img_size, facts.weights,
+                             facts.describe(), calibration, facts.data_note)
     card.save(staging / "README.md")
     add_extra_files(staging)
     replace_folder_contents(staging, output_dir)

@@ -64,6 +64,44 @@ def _explain(e: Exception, what: str) -> HubError:
     return HubError(f"{what} failed: {type(e).__name__}: {e}")
 
 
+def check_push_access(repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Before training, not after it: the token is valid and may write to `repo_id`'s namespace, and the repo
+    exists (created now if needed, as transformers' Trainer does at its start). -> the repo URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    what = f"Checking write access to {repo_id}"
+    namespace = repo_id.split("/")[0] if "/" in repo_id else None
+    try:
+        me = api.whoami()
+    except Exception as e:
+        raise _explain(e, what) from None
+    access = me.get("auth", {}).get("accessToken", {})
+    writable = {me["name"], *(org["name"] for org in me.get("orgs", []) if org.get("roleInOrg") != "read")}
+    if access.get("role") == "read":
+        raise HubError(f"{what} failed: the token is read-only; create a write token.")
+    if access.get("role") == "fineGrained":
+        # a fine-grained token writes only where one of its scopes grants repo.write
+        scopes = access.get("fineGrained", {}).get("scoped", [])
+        writable = {s["entity"]["name"] for s in scopes if "repo.write" in s.get("permissions", [])}
+        if repo_id in writable:
+            writable.add(namespace or me["name"])
+    if (namespace or me["name"]) not in writable:
+        raise HubError(f"{what} failed: {me['name']} may not write to {namespace!r} (writable: "
+                       f"{', '.join(sorted(writable)) or 'nothing'}).")
+    try:
+        return str(api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model"))
+    except Exception as e:
+        raise _explain(e, what) from None
+
+
+def name_repo_in_card(folder: Path, repo_id: str) -> None:
+    """A card written before its repo was known says `<your-user>/<name>` in its usage lines; name the repo."""
+    card = folder / "README.md"
+    if card.is_file() and "<your-user>/" in (text := card.read_text()):
+        card.write_text(re.sub(r"<your-user>/[\w.-]+", repo_id, text))
+
+
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
                 token: str | None = None, commit_message: str | None = None) -> str:
     """Create `repo_id` if needed and upload the model folder (no checkpoints or logs). Returns the repo URL."""
@@ -73,8 +111,9 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise HubError(f"{folder} is not a complete model folder (config.json and model.safetensors are needed).")
     api = HfApi(token=token)
+    url = check_push_access(repo_id, private=private, token=token)
+    name_repo_in_card(folder, repo_id)
     try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, ignore_patterns=NOT_UPLOADED,

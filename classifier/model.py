@@ -27,46 +27,84 @@ class ModelSourceError(RuntimeError):
     """A model or weights source cannot be used; the message says why."""
 
 
-def create_model(
-    name: str,
-    num_classes: int,
-    pretrained: bool | None = None,
-    pretrained_file: str | None = None,
-    **model_args,
-) -> tuple[torch.nn.Module, str]:
-    """Build `name` with a fresh `num_classes` head. Returns the model and where its weights came from.
+@dataclass(frozen=True)
+class StartingWeights:
+    """Where a run's weights come from, decided before anything is trained: it chooses the recipe (fine-tuning
+    or from scratch), and the model card names it as the base model."""
+    kind: str  # "scratch", "hub" (timm's weights on the Hub) or "file" (--pretrained-file)
+    file: str | None = None  # the weights file to load (for "hub": in huggingface_hub's cache)
+    hub_id: str | None = None  # the Hub repo of "hub" weights, e.g. timm/resnet18.a1_in1k
+    revision: str | None = None  # the commit of that repo the file came from
+    license: str | None = None  # of the weights, as timm's pretrained config states it
+    why: str = ""  # for the run's log: why these weights
 
-    pretrained=None means "if reachable": the timm Hub weights are tried and, if they cannot be
-    fetched (offline, no such tag), training starts from scratch with a warning.
+    @property
+    def pretrained(self) -> bool:
+        return self.kind != "scratch"
+
+    def describe(self) -> str:
+        """How the card, the log and training_args.json name the weights."""
+        if self.kind == "hub":
+            return f"hf-hub:{self.hub_id}" + (f"@{self.revision}" if self.revision else "")
+        if self.kind == "file":
+            return f"file:{Path(self.file).name}"  # the name only: a local path means nothing elsewhere
+        return "scratch"
+
+
+def resolve_weights(name: str, pretrained: bool | None = None, pretrained_file: str | None = None,
+                    cached_only: bool = False) -> StartingWeights:
+    """Decide where the weights of `name` come from, fetching timm's Hub weights into the cache if needed.
+
+    pretrained=None means "if available": the Hub's weights when it is reachable, else the ones cached earlier,
+    else from scratch with a warning. pretrained=True fails at once when neither can be had. `cached_only` looks
+    only in the cache (the other processes of a run, after the main process fetched the file).
     """
     if pretrained_file:
         if not Path(pretrained_file).is_file():
             raise ModelSourceError(f"--pretrained-file {pretrained_file!r} does not exist.")
-        model = timm.create_model(
-            name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=dict(file=str(pretrained_file)),
-            **model_args,
-        )
-        return model, f"file:{pretrained_file}"
+        return StartingWeights("file", file=str(pretrained_file), why="--pretrained-file")
     if pretrained is False:
-        return from_scratch(name, num_classes, **model_args), "scratch"
-    if pretrained is None and (why := hub_unreachable()):
-        log.warning("Pretrained weights for %r unavailable (cannot reach the Hub: %s); training from scratch "
-                    "(--pretrained with HF_HUB_OFFLINE=1 uses weights cached earlier).", name, why)
-        return from_scratch(name, num_classes, **model_args), "scratch"
-    hub_log = logging.getLogger("huggingface_hub")
-    level = hub_log.level
-    if pretrained is None:
-        hub_log.setLevel(logging.ERROR)  # offline, each retry would print a warning before our one-line notice
-    try:
-        model = timm.create_model(name, pretrained=True, num_classes=num_classes, **model_args)
-        return model, f"hf-hub:{model.pretrained_cfg.get('hf_hub_id') or name}"
-    except Exception as e:
+        return StartingWeights("scratch", why="--no-pretrained")
+    # "resnet18" is timm's default tag of it (resnet18.a1_in1k, weights in timm/resnet18.a1_in1k); an
+    # "hf-hub:owner/name" model is that repo
+    cfg = None if name.startswith("hf-hub:") else timm.models.get_pretrained_cfg(name)
+    hub_id = name.removeprefix("hf-hub:") if name.startswith("hf-hub:") else cfg and cfg.hf_hub_id
+    if not hub_id:
         if pretrained:
-            raise ModelSourceError(f"Cannot load pretrained weights for {name!r}: {e}") from e
-        log.warning("Pretrained weights for %r unavailable (%s: %s); training from scratch.", name, type(e).__name__, e)
-        return from_scratch(name, num_classes, **model_args), "scratch"
-    finally:
-        hub_log.setLevel(level)
+            raise ModelSourceError(f"timm has no Hub weights for {name!r}.")
+        return StartingWeights("scratch", why=f"timm has no Hub weights for {name!r}")
+    from huggingface_hub import hf_hub_download
+
+    unreachable = None if cached_only else hub_unreachable()
+    try:
+        # only the safetensors file: timm would fall back to a pickled pytorch_model.bin
+        path = hf_hub_download(hub_id, WEIGHTS_NAME, local_files_only=cached_only or bool(unreachable))
+    except Exception as e:
+        reason = (f"the Hub cannot be reached ({unreachable}) and they are not in the local cache" if unreachable
+                  else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        if pretrained:
+            raise ModelSourceError(f"Cannot load pretrained weights for {name!r} ({hub_id}): {reason}.") from e
+        log.warning("Pretrained weights for %r unavailable (%s); training from scratch.", name, reason)
+        return StartingWeights("scratch", why=f"no weights for {name!r} could be had ({reason})")
+    # huggingface_hub's cache keeps each file under snapshots/<commit>/: the revision the weights came from
+    revision = Path(path).parent.name
+    why = "--pretrained" if pretrained else ("the Hub's" if not unreachable else
+                                              f"cached earlier (the Hub cannot be reached: {unreachable})")
+    return StartingWeights("hub", file=path, hub_id=hub_id, revision=revision, license=cfg and cfg.license,
+                           why=why)
+
+
+def create_model(name: str, num_classes: int, weights: StartingWeights, **model_args) -> torch.nn.Module:
+    """Build `name` with a fresh `num_classes` head on the given starting weights (timm drops their classifier
+    when the class count differs)."""
+    if not weights.pretrained:
+        return from_scratch(name, num_classes, **model_args)
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes,
+                                 pretrained_cfg_overlay=dict(file=weights.file), **model_args)
+    except Exception as e:
+        raise ModelSourceError(f"Cannot load the weights {weights.describe()} into {name!r}: "
+                               f"{type(e).__name__}: {e}") from e
 
 
 # what timm's pretrained_cfg says about the weights of its default tag (ImageNet's, for resnet18): their paper,

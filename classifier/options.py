@@ -10,10 +10,12 @@ import sys
 from .augment import AUGMENT_LEVELS
 from .hardware import run_command
 from .model import TTA_CHOICES
-from .presets import GENERIC_RECIPE, PRESETS, recipe_for
+from .presets import GENERIC_RECIPE, PRESETS, RECIPES, recipe_for
 
 RESIZE_RAMP = (0.25, 0.75)  # FFCV's: the first quarter of the epochs at the small size, the last at the full one
-RECIPE_HELP = "default: the preset's recipe, else " + ", ".join(f"{k}={v}" for k, v in GENERIC_RECIPE.items())
+RECIPE_HELP = ("default: the preset's recipe, else " + ", ".join(f"{k}={v}" for k, v in GENERIC_RECIPE.items())
+               + "; pretrained weights take the fine-tuning recipe over it, see --recipe")
+LR_SCALES = ("auto", "linear", "sqrt", "none")
 
 
 def model_arg(value: str) -> tuple[str, object]:
@@ -92,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="train from scratch")
     weights.add_argument("--pretrained-file", help="start from a local weights file (safetensors, or a torch "
                                                    "state dict loaded with weights_only=True)")
+    model.add_argument("--recipe", choices=("auto", *RECIPES), default="auto",
+                       help="finetune: the preset's recipe for pretrained weights (lower lr, few epochs, the head "
+                            "alone first, layer-wise lr decay); scratch: the one for random weights; auto: "
+                            "finetune when the run starts from pretrained weights. Options given always win")
     model.add_argument("--img-size", type=int, help="training/eval input size; smaller images are upsampled")
     model.add_argument("--min-img-size", type=int,
                        help="progressive resizing: train the first epochs at this size and grow it to --img-size "
@@ -112,7 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="optimizer steps every this many batches (a larger effective batch)")
     train.add_argument("--optimizer", choices=["sgd", "adamw", "adam"],
                        help="SGD with Nesterov momentum, AdamW or Adam")
-    train.add_argument("--lr", type=float, help="peak learning rate")
+    train.add_argument("--lr", type=float,
+                       help="peak learning rate; the recipe's is for a global batch of the recipe's --batch-size and "
+                            "follows the global batch (see --lr-scale), a given one is used as given")
+    train.add_argument("--lr-scale", choices=LR_SCALES, default="auto",
+                       help="how the lr follows the global batch (processes x --batch-size x accumulation) relative "
+                            "to the recipe's batch: linear, sqrt (timm's rule: linear for SGD, square root for "
+                            "Adam/AdamW), none; auto: timm's rule for the recipe's lr, none for a given --lr")
+    train.add_argument("--layer-decay", type=float, metavar="FACTOR",
+                       help="layer-wise lr decay (timm): each layer group from the head down trains at FACTOR "
+                            "times the lr of the one above (off when not given)")
+    train.add_argument("--freeze-epochs", type=int, metavar="N",
+                       help="train the classifier head alone for the first N epochs (the rest of the model at lr 0)")
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (nesterov)")
     train.add_argument("--weight-decay", type=float,
                        help="decoupled for AdamW, L2 for SGD and Adam; not on biases and norms")
@@ -178,6 +195,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     erase_given = args.random_erase is not None
+    # the recipe's values fill what was not given; the fine-tuning recipe's are applied over them once the
+    # run knows where its weights come from (apply_recipe)
+    args.recipe_given = sorted(key for key in GENERIC_RECIPE if getattr(args, key) is not None)
     for key, value in recipe_for(args.dataset).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -197,8 +217,31 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--min-img-size must be between 1 and --img-size ({args.img_size}), got {args.min_img_size}")
     if args.tta is None:
         args.tta = "none" if args.augment == "none" else "flip"
+    if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
+        parser.error(f"--layer-decay is a factor in (0, 1], got {args.layer_decay}")
+    if args.freeze_epochs < 0:
+        parser.error(f"--freeze-epochs must be 0 or more, got {args.freeze_epochs}")
     if args.output_dir is None:
         args.output_dir = f"runs/{dataset_slug(args.dataset)}"
     # the line that repeats this run, launcher included, for the record and the model card
     args.command = run_command(sys.argv[1:] if argv is None else [str(a) for a in argv])
     return args
+
+
+def apply_recipe(args: argparse.Namespace, pretrained: bool) -> str:
+    """Fill the recipe options not given on the command line from the recipe that fits the weights: fine-tuning
+    for pretrained ones, from scratch otherwise (or as --recipe says). -> the recipe's name."""
+    kind = args.recipe if args.recipe != "auto" else ("finetune" if pretrained else "scratch")
+    for key, value in recipe_for(args.dataset, kind).items():
+        if key not in args.recipe_given:
+            setattr(args, key, value)
+    return kind
+
+
+def scaled_lr(lr: float, rule: str, optimizer: str, global_batch: int, reference_batch: int) -> tuple[float, str]:
+    """The learning rate for `global_batch` images a step when `lr` suits `reference_batch`, by `rule` (linear,
+    sqrt, or timm's: linear for SGD, the square root for adaptive optimizers). -> (lr, the rule applied)"""
+    if rule == "auto":
+        rule = "linear" if optimizer == "sgd" else "sqrt"
+    ratio = global_batch / reference_batch
+    return lr * {"linear": ratio, "sqrt": ratio ** 0.5, "none": 1.0}[rule], rule

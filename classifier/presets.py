@@ -1,8 +1,9 @@
-"""Named datasets and the training recipe that is the default for each.
+"""Named datasets and the training recipes that are the defaults for each.
 
-A preset only supplies defaults: every value can be overridden on the command line.
-Recipes are chosen from measurements (see docs/RESULTS.md when present); `generic` applies to
-any other dataset.
+Each dataset has two recipes: one for training from scratch and one for fine-tuning pretrained weights; the
+run picks by where its weights come from (`--recipe` overrides). A recipe only supplies defaults: every value
+can be overridden on the command line. Recipes are chosen from measurements (docs/RESULTS.md); the generic ones
+apply to any other dataset.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 class Preset:
     path: str | None = None  # Hub dataset id
     data_files: dict[str, str] | None = None
-    recipe: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)  # from scratch
+    finetune: dict = field(default_factory=dict)  # over `recipe`, for pretrained weights
 
 
 GENERIC_RECIPE = dict(
@@ -28,7 +30,18 @@ GENERIC_RECIPE = dict(
     label_smoothing=0.1,
     augment="basic",
     random_erase=0.0,
+    layer_decay=None,
+    freeze_epochs=0,
 )
+
+# Fine-tuning changes the optimisation, not the data: pretrained weights need a smaller step, fewer epochs, a
+# head trained alone first (a new random head's first gradients would otherwise wreck the backbone's
+# features: accelerate's cv example trains the head alone throughout), and smaller steps the closer a layer is
+# to the input (layer-wise decay, as timm and BEiT fine-tune). Measured by transfer between the two bundled
+# models (docs/RESULTS.md, "Fine-tuning"); the published anchors (timm, the transformers and accelerate
+# examples) fine-tune with AdamW at 1e-4 to 1e-3, 3 to 10 epochs.
+FINETUNE = dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, scheduler="cosine", warmup_epochs=0.0,
+                layer_decay=0.8, freeze_epochs=1, epochs=10)
 
 PRESETS = {
     # 32 px images: timm's resnet18 stem would shrink them to 8x8 maps, so they are upsampled. AdamW beat SGD
@@ -37,7 +50,7 @@ PRESETS = {
     # 2 h on a 2-core CPU with AMX bf16 (--min-img-size 32: 0.58x the time for 0.6 points less test accuracy)
     "cifar10": Preset(path="uoft-cs/cifar10", recipe=dict(GENERIC_RECIPE, img_size=96, epochs=30, batch_size=256,
                                                            optimizer="adamw", lr=3e-3, weight_decay=0.05,
-                                                           random_erase=0.5)),
+                                                           random_erase=0.5), finetune=FINETUNE),
     # A public copy of Kaggle's puneet6060/intel-image-classification in its original folder layout.
     "intel": Preset(
         path="sfarrukhm/intel-image-classification",
@@ -45,6 +58,7 @@ PRESETS = {
         # the best Intel recipe measured so far (docs/RESULTS.md): 128 px beat 96 px by 2.6 points of validation
         # accuracy (96 px beat 64 px by 2.4); about 40 min on a 2-core CPU with AMX bf16, about 3.3 h without bf16
         recipe=dict(GENERIC_RECIPE, img_size=128, epochs=40),
+        finetune=FINETUNE,
     ),
 }
 
@@ -56,6 +70,11 @@ def find_preset(dataset: str) -> Preset | None:
                 None)
 
 
-def recipe_for(dataset: str) -> dict:
+RECIPES = ("scratch", "finetune")
+
+
+def recipe_for(dataset: str, kind: str = "scratch") -> dict:
+    """The `kind` recipe of `dataset`'s preset, else the generic one."""
     preset = find_preset(dataset)
-    return dict(preset.recipe if preset else GENERIC_RECIPE)
+    scratch = preset.recipe if preset else GENERIC_RECIPE
+    return dict(scratch, **((preset.finetune if preset else FINETUNE) if kind == "finetune" else {}))

@@ -32,8 +32,12 @@ def held_out_logits(folder: Path, dataset: str | None = None, batch_size: int = 
     final split is validation. `max_samples` takes the first so many of each (not cached then: a subset would
     leave its own copy in the shared decode cache)."""
     args = json.loads((folder / "training_args.json").read_text())
+    dataset = dataset or args["dataset"]
+    if dataset.startswith(".../"):
+        raise DataError(f"{folder}'s training_args.json names its dataset only as {dataset} (local paths outside the "
+                        "run's folder are not published); pass --dataset.")
     loaded = load_folder(folder)
-    splits = load_splits(dataset or args["dataset"], args.get("image_column"), args.get("label_column"),
+    splits = load_splits(dataset, args.get("image_column"), args.get("label_column"),
                          args.get("val_fraction", 0.1), args.get("seed", 0), args.get("max_train_samples"),
                          args.get("max_eval_samples"))
     config = loaded.data_config

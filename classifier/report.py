@@ -73,12 +73,13 @@ def model_card(
     eval_split: str,
     command: str,
     img_size: int,
-    weights_source: str,
+    weights,
     trained_on: str = "",
     calibration: dict | None = None,
     data_note: str = "",
 ) -> ModelCard:
-    """`dataset`: its Hub id or folder name, never a local path; `trained_on`: how many processes of which kind,
+    """`dataset`: its Hub id or folder name, never a local path; `weights`: the run's model.StartingWeights (Hub
+    weights are the card's base model, and their license is the card's); `trained_on`: how many processes of which kind,
     precision and hardware (RunFacts.describe()); `calibration`: metrics.json's record of the fitted temperature
     (classifier.calibration.calibrate); `data_note`: where the evaluated split came from, when not the Hub."""
     results = [
@@ -87,8 +88,12 @@ def model_card(
                    metric_value=round(final[key], 4))
         for key, name in METRIC_ROWS if final.get(key) is not None
     ]
+    # a fine-tune of Hub weights is bound by their license, and the Hub links it to them (base_model); weights of
+    # our own (from scratch, or a local file) carry this project's license
+    base = ({"base_model": weights.hub_id, "base_model_relation": "finetune"} if weights.kind == "hub" else {})
+    license = (weights.license or "other") if weights.kind == "hub" else "apache-2.0"
     card_data = ModelCardData(
-        library_name="timm", license="apache-2.0", model_name=repo_name, pipeline_tag="image-classification",
+        library_name="timm", license=license, model_name=repo_name, **base, pipeline_tag="image-classification",
         tags=["image-classification", "timm", architecture], datasets=[dataset_hub_id] if dataset_hub_id else None,
         eval_results=results,
     )
@@ -119,7 +124,7 @@ def model_card(
 # {repo_name}
 
 A timm `{architecture}` image classifier for {len(label_names)} classes ({", ".join(label_names)}),
-trained on `{dataset}` at {img_size}x{img_size} px (initial weights: {weights_source}).
+trained on `{dataset}` at {img_size}x{img_size} px, {starting_point(weights)}.
 {f"{chr(10)}{data_note}{chr(10)}" if data_note else ""}
 ## Use it
 
@@ -157,6 +162,17 @@ With this project's app: `MODEL_ID={hub_id} python app.py`, or `python app.py --
 ![Confusion matrix]({CONFUSION_NAME})
 {calibration_section(calibration, eval_split) if calibration else ""}"""
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
+
+
+def starting_point(weights) -> str:
+    if weights.kind == "hub":
+        about = [f"revision `{weights.revision[:12]}`" if weights.revision else "",
+                 f"license {weights.license}" if weights.license else ""]
+        about = f" ({', '.join(a for a in about if a)})" if any(about) else ""
+        return f"fine-tuned from [{weights.hub_id}](https://huggingface.co/{weights.hub_id}){about}"
+    if weights.kind == "file":
+        return f"starting from the weights file `{weights.describe().removeprefix('file:')}`"
+    return "from scratch (random initial weights)"
 
 
 def calibration_section(calibration: dict, eval_split: str) -> str:

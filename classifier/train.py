@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import parse_flag_from_env
+from timm.optim import create_optimizer_v2
 
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .data import (DataError, Splits, StreamedSplit, TensorSplit, decode_split, load_splits, local_copy_note,
@@ -33,8 +34,10 @@ from .engine import (Plan, Recipe, collect_view_logits, epoch_record, eval_loade
 from .export import RunFacts, check_output_dir, write_model_folder
 from .hardware import (configure_backends, describe_hardware, guard_bf16_cpu_convolutions, resolve_compile,
                        resolve_precision)
-from .model import create_model
-from .options import parse_args
+from .hub import check_push_access
+from .model import StartingWeights, create_model, resolve_weights
+from .options import apply_recipe, parse_args, scaled_lr
+from .presets import recipe_for
 from .samples import write_samples
 from .state import TrainState
 
@@ -107,10 +110,47 @@ def load_data(args, accelerator: Accelerator) -> RunData:
     return RunData(splits, train, validation, test, store_size, streamed, skipped)
 
 
-def setup(args) -> tuple[Accelerator, RunData]:
-    """The accelerator, per-process seeds, and the data: the main process of each machine loads and decodes
-    first, filling the cache; the others then read it."""
+def starting_weights(args, accelerator: Accelerator) -> StartingWeights:
+    """Where the weights come from: the main process of each machine fetches them into its Hub cache first, the
+    others then find them there (one download per machine)."""
+    weights = None
+    with together(accelerator):
+        if accelerator.is_local_main_process:
+            weights = resolve_weights(args.model, args.pretrained, args.pretrained_file)
+    with together(accelerator):
+        if weights is None:
+            weights = resolve_weights(args.model, args.pretrained, args.pretrained_file, cached_only=True)
+    return weights
+
+
+def choose_recipe(args, accelerator: Accelerator, weights: StartingWeights) -> None:
+    """The recipe that fits the weights fills the options not given; the run says which and why."""
+    kind = apply_recipe(args, weights.pretrained)
+    why = (f"--recipe {kind}" if args.recipe != "auto" else
+           f"weights {weights.describe()} ({weights.why})" if weights.pretrained else f"random weights ({weights.why})")
+    head = f", the head alone for {args.freeze_epochs} epoch(s)" if args.freeze_epochs else ""
+    decay = f", layer decay {args.layer_decay:g}" if args.layer_decay else ""
+    given = f"; given on the command line: {', '.join(args.recipe_given)}" if args.recipe_given else ""
+    other = "scratch" if kind == "finetune" else "finetune"
+    accelerator.print(f"Recipe: {'fine-tuning' if kind == 'finetune' else 'from scratch'}, for {why}: "
+                      f"{args.optimizer} lr {args.lr:g}{decay}{head}, {args.epochs} epochs, {args.scheduler}"
+                      f"{given} (--recipe {other} for the other one)")
+    args.resolved["recipe"] = {"name": kind, "why": why, "given": args.recipe_given,
+                               "values": {key: getattr(args, key) for key in recipe_for(args.dataset, kind)}}
+    args.resolved["weights"] = {"source": weights.describe(), "kind": weights.kind, "hub_id": weights.hub_id,
+                                "revision": weights.revision, "license": weights.license, "why": weights.why}
+
+
+def setup(args) -> tuple[Accelerator, StartingWeights, RunData]:
+    """The accelerator, the starting weights and the recipe they call for, per-process seeds, and the data: the
+    main process of each machine loads and decodes first, filling the cache; the others then read it."""
     accelerator = create_accelerator(args)
+    if args.push_to_hub:  # a token or repo that cannot be written to is found now, not after hours of training
+        with together(accelerator):
+            if accelerator.is_main_process:
+                check_push_access(args.push_to_hub, private=args.hub_private)
+    weights = starting_weights(args, accelerator)
+    choose_recipe(args, accelerator, weights)
     seed_processes(args.seed)
     data = None
     with together(accelerator):
@@ -129,30 +169,29 @@ def setup(args) -> tuple[Accelerator, RunData]:
     if not data.streamed:  # each step indexes its batch out of this tensor, where the model is
         train, device = data.train, accelerator.device
         data.train = TensorSplit(train.images.to(device), train.labels.to(device), train.rows)
-    return accelerator, data
+    return accelerator, weights, data
 
 
 # -- model and optimizer
 
 def build_optimizer(args, model, device: torch.device):
-    # no weight decay on norm layers and biases: standard for ResNets, and it matters for short schedules
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """timm's optimizer factory: no weight decay on norms, biases and what the model's no_weight_decay() names
+    (a ViT's position embedding), and with --layer-decay a group per layer, its lr scaled (`lr_scale`)."""
+    # a group per layer is also what lets the head train alone (--freeze-epochs) without layer decay
+    layer_decay = args.layer_decay or (1.0 if args.freeze_epochs else None)
     # one fused kernel over all parameters instead of a loop per tensor: on a 2-core CPU resnet18's AdamW step
     # drops from 32 to 5.5 ms (SGD 8.9 to 3.6), about 8 % of a 32 px training step; other devices keep the default
-    fused = True if device.type in ("cpu", "cuda") else None
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True, fused=fused)
-    if args.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=args.lr, fused=fused)
-    # Adam's weight decay is L2 added to the gradient, unlike AdamW's decoupled decay
-    return torch.optim.Adam(groups, lr=args.lr, fused=fused)
+    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
+    momentum = {"momentum": args.momentum} if args.optimizer == "sgd" else {}  # timm's sgd is Nesterov's
+    return create_optimizer_v2(model, opt=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                               layer_decay=layer_decay, **momentum, **fused)
 
 
-def build_scheduler(args, optimizer, total_steps: int, steps_per_epoch: int):
-    """Linear warm-up to the peak lr, then `onecycle`: linear decay, or `cosine`: cosine decay, towards 0."""
+def build_scheduler(args, optimizer, model, total_steps: int, steps_per_epoch: int):
+    """Linear warm-up to the peak lr, then `onecycle`: linear decay, or `cosine`: cosine decay, towards 0; each
+    parameter group at its layer's share of it (`lr_scale`), and all but the head at 0 for --freeze-epochs."""
     warmup = min(int(args.warmup_epochs * steps_per_epoch), total_steps - 1)
+    frozen_steps = args.freeze_epochs * steps_per_epoch
 
     def factor(step):
         if step < warmup:
@@ -162,7 +201,16 @@ def build_scheduler(args, optimizer, total_steps: int, steps_per_epoch: int):
             return 1.0 - progress * (1.0 - 1e-3)
         return 1e-3 + (1.0 - 1e-3) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    # the backbone sits at lr 0 instead of requires_grad=False: DDP expects every parameter's gradient at each
+    # step, and one graph throughout keeps checkpoints and resume as they are (its gradients cost a backward
+    # pass through the backbone, as any step does)
+    head = {id(p) for p in model.get_classifier().parameters()} if frozen_steps else set()
+
+    def group_factor(group):
+        scale, is_head = group.get("lr_scale", 1.0), all(id(p) in head for p in group["params"])
+        return lambda step: scale * factor(step) * (1.0 if is_head or step >= frozen_steps else 0.0)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [group_factor(g) for g in optimizer.param_groups])
 
 
 @dataclass
@@ -176,7 +224,7 @@ class Training:
     test_loader: torch.utils.data.DataLoader | None
     mean: torch.Tensor  # of the model's normalisation, on the device
     std: torch.Tensor
-    weights_source: str
+    weights: StartingWeights
     model_args: dict
 
 
@@ -193,12 +241,28 @@ def plan_steps(args, train_size: int, world: int) -> Plan:
     return Plan(batch_size, batches_per_epoch, batches_per_epoch // accumulation)
 
 
-def build_training(args, accelerator: Accelerator, data: RunData) -> Training:
+def apply_lr_scaling(args, accelerator: Accelerator, plan: Plan) -> None:
+    """--lr-scale: the recipe's lr suits its own batch size on one process; N processes and accumulation make
+    the global batch larger, and the lr follows it (timm's rule), once, for the run and its record."""
+    reference = recipe_for(args.dataset)["batch_size"]
+    global_batch = plan.batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    rule = "none" if args.lr_scale == "auto" and "lr" in args.recipe_given else args.lr_scale
+    lr, rule = scaled_lr(args.lr, rule, args.optimizer, global_batch, reference)
+    if lr != args.lr:
+        accelerator.print(f"lr {args.lr:g} -> {lr:.4g}: {rule} scaling for a global batch of {global_batch} "
+                          f"({accelerator.num_processes} process(es) x {plan.batch_size} x "
+                          f"{args.gradient_accumulation_steps} accumulation) against the recipe's {reference} "
+                          f"(--lr-scale none keeps {args.lr:g})")
+    args.resolved["lr"] = {"base": args.lr, "applied": lr, "rule": rule, "global_batch": global_batch,
+                           "reference_batch": reference}
+    args.lr = lr
+
+
+def build_training(args, accelerator: Accelerator, weights: StartingWeights, data: RunData) -> Training:
     device, output_dir = accelerator.device, Path(args.output_dir)
     with together(accelerator):
         model_args = dict(args.model_arg, **({"drop_rate": args.drop_rate} if args.drop_rate else {}))
-        model, weights_source = create_model(args.model, data.num_classes, args.pretrained, args.pretrained_file,
-                                             **model_args)
+        model = create_model(args.model, data.num_classes, weights, **model_args)
         if accelerator.is_main_process:
             # weights + optimizer state per kept checkpoint, plus the exported weights, with room to spare
             weight_bytes = sum(p.numel() * 4 for p in model.parameters())
@@ -207,13 +271,14 @@ def build_training(args, accelerator: Accelerator, data: RunData) -> Training:
         plan = plan_steps(args, len(data.train), accelerator.num_processes)
     if plan.batch_size != args.batch_size:
         accelerator.print(f"--batch-size {args.batch_size} exceeds the training set; using {plan.batch_size}.")
+    apply_lr_scaling(args, accelerator, plan)
     bf16_on_cpu = device.type == "cpu" and accelerator.mixed_precision == "bf16"
     # the convolutions kept off bf16's wrong gradients on one-pixel maps (hardware.py), for the record
     args.resolved["fp32_on_one_pixel_maps"] = guard_bf16_cpu_convolutions(model) if bf16_on_cpu else 0
     model = model.to(memory_format=torch.channels_last)
     mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]
     optimizer = build_optimizer(args, model, device)
-    scheduler = build_scheduler(args, optimizer, plan.steps_per_epoch * args.epochs, plan.steps_per_epoch)
+    scheduler = build_scheduler(args, optimizer, model, plan.steps_per_epoch * args.epochs, plan.steps_per_epoch)
     val_loader = eval_loader(data.validation, args.eval_batch_size)
     test_loader = eval_loader(data.test, args.eval_batch_size) if data.test else None
     # the scheduler is stepped once per optimizer step by the loop and checkpointed by name, so not prepared
@@ -223,7 +288,7 @@ def build_training(args, accelerator: Accelerator, data: RunData) -> Training:
     return Training(
         TrainState(model, optimizer, scheduler), Recipe.from_args(args, data.num_classes, mean, std, device), plan,
         val_loader, test_loader, torch.tensor(mean, device=device), torch.tensor(std, device=device),
-        weights_source, model_args)
+        weights, model_args)
 
 
 # -- the run
@@ -231,13 +296,15 @@ def build_training(args, accelerator: Accelerator, data: RunData) -> Training:
 def run(args) -> dict:
     started = time.perf_counter()
     output_dir = Path(args.output_dir)
-    accelerator, data = setup(args)
-    training = build_training(args, accelerator, data)
+    accelerator, weights, data = setup(args)
+    training = build_training(args, accelerator, weights, data)
     state, plan = training.state, training.plan
+    resume_plan = {"seed": args.seed, "max_train_samples": args.max_train_samples, "train_images": len(data.train),
+                   "batch_size": plan.batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps}
     if args.resume:
         with together(accelerator):
             checkpoint = find_checkpoint(output_dir, args.resume)
-        load_checkpoint(accelerator, state, checkpoint, args.lr)
+        load_checkpoint(accelerator, state, checkpoint, args.lr, resume_plan)
         accelerator.print(f"Resumed from {checkpoint} (epoch {state.progress.epoch + 1}, "
                           f"batch {state.progress.batches_done}).")
         if state.progress.history:  # the clock continues from the last finished epoch (time lost to a kill is not counted)
@@ -246,7 +313,7 @@ def run(args) -> dict:
     run_config = {k: v for k, v in vars(args).items() if v is None or isinstance(v, (int, float, str, bool))}
     accelerator.init_trackers("train", config=run_config)
     accelerator.print(
-        f"{args.model} ({training.weights_source}) on {args.dataset}: {len(data.train)} train / "
+        f"{args.model} ({training.weights.describe()}) on {args.dataset}: {len(data.train)} train / "
         f"{len(data.validation)} val{f' / {len(data.test)} test' if data.test else ''} images, {data.num_classes} "
         f"classes, {args.img_size}px "
         f"{f'(trained from {args.min_img_size}px up) ' if args.min_img_size < args.img_size else ''}"
@@ -260,7 +327,7 @@ def run(args) -> dict:
                           f"with --max-eval-samples {min(len(data.train), 1000)} validates on fewer.")
 
     def checkpoint() -> None:
-        save_checkpoint(accelerator, state, output_dir, args.checkpoint_limit)
+        save_checkpoint(accelerator, state, output_dir, args.checkpoint_limit, resume_plan)
 
     first_epoch, epochs_started = state.progress.epoch, time.perf_counter()
     for epoch in range(first_epoch, args.epochs):
@@ -356,7 +423,7 @@ def export_run(args, accelerator: Accelerator, training: Training, data: RunData
         progress = training.state.progress
         metrics = {"label_names": data.splits.label_names, "final_split": split, "final": final,
                    "history": progress.history, "skipped_images": skipped, "skipped_steps": progress.skipped_steps}
-        facts = RunFacts(training.weights_source, training.model_args, accelerator.mixed_precision,
+        facts = RunFacts(training.weights, training.model_args, accelerator.mixed_precision,
                          "stream" if data.streamed else "memory", describe_hardware(accelerator.device),
                          accelerator.num_processes, accelerator.distributed_type.value,
                          accelerator.num_processes // local_process_count(accelerator), progress.compute_dtype,

@@ -219,7 +219,7 @@ def test_a_vision_transformer_says_it_has_no_feature_map():
         class_activation(model, torch.randn(1, 3, 32, 32), 0)
 
 
-def test_recalibrating_a_folder_reproduces_the_runs_own_fit(trained, tmp_path):
+def test_recalibrating_a_folder_reproduces_the_runs_own_fit(trained, parquet_repo, tmp_path):
     """`python -m classifier.recalibrate` on a folder without calibration rebuilds the run's validation split and
     finds the temperature the run found (fp32 both times), writing the same keys, record, plot and card section."""
     from classifier.recalibrate import main
@@ -227,7 +227,9 @@ def test_recalibrating_a_folder_reproduces_the_runs_own_fit(trained, tmp_path):
     plain = without_calibration(trained, tmp_path / "plain")
     (plain / "calibration.png").unlink()
     expected = json.loads((trained / "metrics.json").read_text())["final"]["calibration"]
-    assert main([str(plain)]) == 0
+    # the record names the dataset's folder only (.../parquet_repo0): its path is given
+    assert main([str(plain)]) == 2
+    assert main([str(plain), "--dataset", str(parquet_repo)]) == 0
     config = json.loads((plain / "config.json").read_text())
     assert config["temperature"] == pytest.approx(expected["temperature"], rel=1e-4)
     assert config["low_confidence_threshold"] == pytest.approx(expected["low_confidence_threshold"], rel=1e-4)
@@ -236,6 +238,6 @@ def test_recalibrating_a_folder_reproduces_the_runs_own_fit(trained, tmp_path):
     card = (plain / "README.md").read_text()
     assert card.count("## Calibration") == 1 and f"(model(x) / {config['temperature']:.4g})" in card
     assert (plain / "calibration.png").is_file()
-    assert main([str(plain)]) == 0  # again: still one section, one temperature in the snippet
+    assert main([str(plain), "--dataset", str(parquet_repo)]) == 0  # again: one section, one temperature in the snippet
     card = (plain / "README.md").read_text()
     assert card.count("## Calibration") == 1 and card.count("the calibration temperature") == 1

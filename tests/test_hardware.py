@@ -156,7 +156,7 @@ def test_a_step_the_fp16_scaler_skips_does_not_advance_the_schedule():
     with torch.no_grad():
         model[2].weight *= 1e3  # large logits: a loss of hundreds, which the scale takes past float32's range
     optimizer = build_optimizer(args, model, torch.device("cpu"))  # fused, as training uses it
-    scheduler = build_scheduler(args, optimizer, total_steps=10, steps_per_epoch=5)
+    scheduler = build_scheduler(args, optimizer, model, total_steps=10, steps_per_epoch=5)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState(model, optimizer, scheduler)
     recipe = Recipe.from_args(args, 4, (0.5,) * 3, (0.25,) * 3, "cpu")

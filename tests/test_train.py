@@ -138,7 +138,7 @@ def test_pretrained_file_weights_are_loaded(parquet_repo, tmp_path):
     assert torch.equal(exported["conv1.weight"], source.state_dict()["conv1.weight"])
     assert torch.equal(exported["layer4.1.conv2.weight"], source.state_dict()["layer4.1.conv2.weight"])
     assert exported["fc.weight"].shape == (4, 512)
-    assert json.loads((out / "training_args.json").read_text())["weights_source"] == f"file:{weights}"
+    assert json.loads((out / "training_args.json").read_text())["weights_source"] == f"file:{weights.name}"
 
 
 def test_kaggle_layout_splits_and_class_names(kaggle_folder):
