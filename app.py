@@ -30,8 +30,9 @@ parser.add_argument("--private-stats", action="store_true", default=os.environ.g
 parser.add_argument("--frame-ancestors", default=os.environ.get("FRAME_ANCESTORS", FRAME_ANCESTORS),
                     help="sites allowed to embed the app in a frame (CSP frame-ancestors; env FRAME_ANCESTORS)")
 
-if __name__ == "__main__":
-    args = parser.parse_args()
+
+def main(argv=None) -> None:
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         # an explicit --model must load; MODEL_ID (a Space's setting) falls back to the bundled models with a notice
@@ -42,3 +43,7 @@ if __name__ == "__main__":
     app = create_app(App(predictors, RequestMonitor()), notice, public_stats=not args.private_stats,
                      frame_ancestors=args.frame_ancestors)
     uvicorn.run(app, host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

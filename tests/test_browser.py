@@ -9,6 +9,8 @@ from playwright.sync_api import expect, sync_playwright
 
 from .conftest import shape_image
 
+pytestmark = pytest.mark.slow  # Chromium and a served app
+
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]

@@ -91,6 +91,7 @@ def test_the_temperature_changes_the_probabilities_not_the_class(trained, tmp_pa
     assert load_folder(plain).temperature == 1.0 and load_folder(plain).low_confidence_threshold is None
 
 
+@pytest.mark.slow
 def test_a_folder_without_calibration_still_serves(trained, tmp_path):
     plain = without_calibration(trained, tmp_path / "old-model")
     image = tmp_path / "red.png"
@@ -100,6 +101,7 @@ def test_a_folder_without_calibration_still_serves(trained, tmp_path):
     assert len(label["confidences"]) == 2 and "low confidence" not in summary
 
 
+@pytest.mark.slow
 def test_the_hint_appears_exactly_under_the_threshold(trained, tmp_path):
     """With the threshold set between two images' calibrated top probabilities, the less sure one gets the hint
     (summary and REST field), the surer one does not."""
@@ -148,6 +150,7 @@ def square_on_noise(corner: str, size: int = 96) -> Image.Image:
     return image
 
 
+@pytest.mark.slow
 def test_the_heatmap_follows_the_object(trained_96, tmp_path):
     """The /explain endpoint returns an overlay of the upload's size; its hottest region sits on the blue square,
     top-left in one image and bottom-right in the other."""

@@ -27,6 +27,8 @@ from classifier.engine import train_batches
 
 from .conftest import CLASSES, make_examples
 
+pytestmark = pytest.mark.slow  # torchrun and launcher processes
+
 ROOT = Path(__file__).resolve().parents[1]
 # one thread per process: the two processes share the machine's cores
 ENV = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", PYTHONPATH=str(ROOT))

@@ -26,6 +26,7 @@ def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env=dict(os.environ, **kwargs))
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_latest_is_bit_identical(parquet_repo, tmp_path):
     args = ["--dataset", parquet_repo, "--epochs", "3", "--checkpoint-every", "1", "--checkpoint-limit", "3", *FAST]
     train(*args, "--output-dir", tmp_path / "uninterrupted")
@@ -50,6 +51,7 @@ def test_kill_9_mid_epoch_then_resume_latest_is_bit_identical(parquet_repo, tmp_
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(parquet_repo, tmp_path):
     out = tmp_path / "model"
     args = ["--dataset", parquet_repo, "--output-dir", out, "--checkpoint-every", "2", *FAST]
@@ -93,6 +95,7 @@ def test_weights_that_diverged_after_the_last_checked_loss_are_named_at_evaluati
     assert on_every_process(raised.value)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_missing_a_piece_names_it_on_resume(parquet_repo, tmp_path, capsys):
     out = tmp_path / "model"
     args = ["--dataset", parquet_repo, "--output-dir", out, "--epochs", "1", "--checkpoint-every", "3",
@@ -120,13 +123,15 @@ def test_a_checkpoint_missing_a_piece_names_it_on_resume(parquet_repo, tmp_path,
         assert f"is not a complete checkpoint: {message}" in capsys.readouterr().err
 
 
-def test_unwritable_output_dir_fails_before_training(parquet_repo, tmp_path):
+def test_unwritable_output_dir_fails_before_training(parquet_repo, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = run_cli("--dataset", parquet_repo, "--output-dir", blocker / "model", "--epochs", "1", *FAST)
-    assert result.returncode == 2
-    assert "Cannot write to --output-dir" in result.stderr
-    assert "epoch 1/1" not in result.stdout + result.stderr
+    with pytest.raises(SystemExit) as exited:
+        train("--dataset", parquet_repo, "--output-dir", blocker / "model", "--epochs", "1", *FAST)
+    output = capsys.readouterr()
+    assert exited.value.code == 2
+    assert "Cannot write to --output-dir" in output.err
+    assert "epoch 1/1" not in output.out + output.err
 
 
 def test_full_disk_is_reported_before_training(parquet_repo, tmp_path, monkeypatch, capsys):
@@ -141,6 +146,7 @@ def test_full_disk_is_reported_before_training(parquet_repo, tmp_path, monkeypat
     assert "MB free" in err.err and "epoch 1/1" not in err.out
 
 
+@pytest.mark.slow
 def test_a_failed_write_never_leaves_a_folder_that_looks_complete(parquet_repo, tmp_path, monkeypatch):
     from classifier import report
 
@@ -154,6 +160,7 @@ def test_a_failed_write_never_leaves_a_folder_that_looks_complete(parquet_repo, 
     assert not (out / "config.json").exists() and not (out / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_the_token_never_reaches_the_outputs(parquet_repo, tmp_path, monkeypatch):
     token = "hf_NeverWriteMe0123456789"
     monkeypatch.setenv("HF_TOKEN", token)
@@ -189,13 +196,14 @@ def test_bad_datasets_are_refused_before_training(tmp_path):
         load_splits(str(empty))
 
 
-def test_labels_out_of_range_name_the_row(tmp_path):
+def test_labels_out_of_range_name_the_row(tmp_path, capsys):
     examples = make_examples(6, 0)
     labels = [lb for _, lb in examples]
     labels[5] = -1  # datasets' marker for a missing class label
     folder = parquet(tmp_path / "bad_labels", {"image": [im for im, _ in examples], "label": labels},
                      datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)}))
-    result = run_cli("--dataset", folder, "--output-dir", tmp_path / "out", "--epochs", "1", "--val-fraction", "0.25",
-                     *FAST)
-    assert result.returncode == 2
-    assert "label(s) outside 0..3" in result.stderr and "row 5 has label -1" in result.stderr
+    with pytest.raises(SystemExit) as exited:
+        train("--dataset", folder, "--output-dir", tmp_path / "out", "--epochs", "1", "--val-fraction", "0.25", *FAST)
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "label(s) outside 0..3" in stderr and "row 5 has label -1" in stderr

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import free_port
+import pytest
+
+from .conftest import free_port, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +21,7 @@ def cli(*args, **env) -> subprocess.CompletedProcess:
                           text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1", **env))
 
 
+@pytest.mark.slow
 def test_a_preset_with_the_hub_out_of_reach_fails_at_once_in_one_line(tmp_path):
     # nothing listens on this port: what a machine without internet meets, without the 23 s of retries
     offline = dict(HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{free_port()}")
@@ -33,14 +36,18 @@ def test_a_preset_with_the_hub_out_of_reach_fails_at_once_in_one_line(tmp_path):
     assert "Expected one of presets" not in result.stderr
 
 
-def test_a_dataset_path_that_does_not_exist_is_named_as_a_missing_folder(tmp_path):
+def test_a_dataset_path_that_does_not_exist_is_named_as_a_missing_folder(tmp_path, monkeypatch, capsys):
     """Not taken for a Hub id (which would answer "cannot reach the Hub" offline and name the path back)."""
+    monkeypatch.chdir(ROOT)  # the relative paths are read from the project's folder, as `cli` runs the script
     for missing in (tmp_path / "nowhere", "../nowhere/cifar10", "tests/nowhere"):
-        result = cli("--dataset", missing, "--output-dir", tmp_path / "out")
-        assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert f"error: {missing}: no such folder" in result.stderr and "Hub (" not in result.stderr
+        with pytest.raises(SystemExit) as exited:
+            train("--dataset", missing, "--output-dir", tmp_path / "out")
+        stderr = capsys.readouterr().err
+        assert exited.value.code == 2 and "Traceback" not in stderr
+        assert f"error: {missing}: no such folder" in stderr and "Hub (" not in stderr
 
 
+@pytest.mark.slow
 def test_library_warnings_are_printed_once():
     """huggingface_hub prints through a handler of its own; training's logging set-up must not add a second."""
     code = ("import logging\nfrom classifier.train import configure_logging\nconfigure_logging()\n"
@@ -51,6 +58,7 @@ def test_library_warnings_are_printed_once():
     assert result.stderr.count("ours") == 1
 
 
+@pytest.mark.slow
 def test_a_quick_run_shows_each_phase_and_ends_with_the_command_that_serves_it(parquet_repo, tmp_path):
     out = tmp_path / "quick"
     # every tqdm update printed, so the bar's steps can be read (by default it redraws at most 10 times a second)

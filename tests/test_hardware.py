@@ -38,6 +38,7 @@ def launched(launcher_options: list[str], our_options: list[str], dataset: Path,
     return json.loads((out / "training_args.json").read_text())
 
 
+@pytest.mark.slow
 def test_accelerate_launch_precision_is_used_unless_our_flag_says_otherwise(parquet_repo, tmp_path):
     told = launched(["--mixed_precision", "no"], [], parquet_repo, tmp_path / "told")
     assert told["resolved"]["mixed_precision_from"] == "accelerate"
@@ -182,6 +183,7 @@ def gpu_smoke(dataset: Path, *options: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_gpu_smoke_check_tabulates_runs_and_fails_on_a_failed_run(parquet_repo):
     # 2 processes through `accelerate launch --multi_gpu --num_processes 2` on one machine (ACCELERATE_USE_CPU=1):
     # the smoke check's own record check fails a run whose training_args.json does not say 2 processes

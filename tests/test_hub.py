@@ -17,6 +17,8 @@ from benchmarks import load_app
 from .conftest import FAST, free_port, make_examples, write_parquet_repo
 from .hub_standin import HubStandIn
 
+pytestmark = pytest.mark.slow  # the Hub stand-in, and Hub clients in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

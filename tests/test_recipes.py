@@ -30,6 +30,7 @@ def record(out: Path) -> dict:
     return json.loads((out / "training_args.json").read_text())
 
 
+@pytest.mark.slow
 def test_pretrained_weights_get_the_fine_tuning_recipe_and_the_head_trains_alone_first(parquet_repo, weights_file,
                                                                                       tmp_path, capsys):
     path, source = weights_file
@@ -52,6 +53,7 @@ def test_pretrained_weights_get_the_fine_tuning_recipe_and_the_head_trains_alone
     assert not torch.equal(exported["fc.weight"], torch.zeros_like(exported["fc.weight"]))
 
 
+@pytest.mark.slow
 def test_random_weights_get_the_scratch_recipe_and_an_option_given_always_wins(parquet_repo, weights_file, tmp_path):
     path, source = weights_file
     scratch = tmp_path / "scratch"
@@ -70,6 +72,7 @@ def test_random_weights_get_the_scratch_recipe_and_an_option_given_always_wins(p
     assert not torch.equal(exported["conv1.weight"], source["conv1.weight"])  # no frozen phase: the backbone moved
 
 
+@pytest.mark.slow
 def test_the_lr_follows_the_global_batch(parquet_repo, tmp_path, capsys):
     out = tmp_path / "model"
     # SGD (the generic scratch recipe): linear in the global batch, 32 x 2 accumulation steps against 128
@@ -111,6 +114,7 @@ def test_the_optimizer_comes_from_timm_and_spares_what_the_model_names(parquet_r
     assert lr_of[id(resnet.layer4[1].conv2.weight)] == pytest.approx(lr_of[id(resnet.fc.weight)] * 0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, named", [
     (["--seed", "1"], "--seed 0 (now 1)"),
     (["--batch-size", "16"], "--batch-size 32 (now 16)"),

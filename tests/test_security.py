@@ -73,6 +73,7 @@ def upload_folder_names() -> set[str]:
 
 # -- 1. a request may name only files that a user uploaded
 
+@pytest.mark.slow
 def test_server_paths_are_refused_as_uploads_without_being_read(url, model_folder):
     before = upload_folder_names()
     targets = ["/etc/passwd", str(model_folder / "confusion_matrix.png"), "/nonexistent/secret.png", "/dev/zero"]
@@ -123,6 +124,7 @@ def test_the_service_itself_refuses_server_paths(trained, tmp_path):
 
 # -- 2. only the files the page shows are served
 
+@pytest.mark.slow
 def test_only_the_files_the_page_shows_are_served(url, model_folder):
     def status(path: Path) -> int:
         return httpx.get(f"{url}gradio_api/file={path}", timeout=10).status_code
@@ -138,6 +140,7 @@ def test_only_the_files_the_page_shows_are_served(url, model_folder):
 
 # -- 3. error text: only our own messages, names instead of paths
 
+@pytest.mark.slow
 def test_internal_errors_reach_clients_without_their_text(url):
     # a top_k that is not a number fails inside the server with a Python error; the client learns nothing of it
     event, payload = call(url, "predict", [None, "abc", None])
@@ -147,6 +150,7 @@ def test_internal_errors_reach_clients_without_their_text(url):
     assert event == "error" and json.loads(payload)["error"] == "Upload an image first.", payload
 
 
+@pytest.mark.slow
 def test_no_local_path_reaches_the_page_or_the_api(url, model_folder, parquet_repo):
     client = Client(url, verbose=False)
     info = client.predict(api_name="/model_info")
@@ -163,6 +167,7 @@ def test_no_local_path_reaches_the_page_or_the_api(url, model_folder, parquet_re
 
 # -- 4. memory: large images are reduced as they are decoded; files and pixels per request are capped
 
+@pytest.mark.slow
 def test_large_images_in_a_batch_and_at_once_stay_under_a_memory_ceiling(trained, tmp_path):
     """8 greyscale PNGs of 8000x8000 (64 MP each, a few hundred kB on disk) in one batch. Before: each decoded to a
     full-size RGB image and all kept (the server grew by about 2.8 GB with 9400 px ones). Now each is reduced as it
@@ -210,6 +215,7 @@ def _status_kb(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
+@pytest.mark.slow
 def test_images_over_the_pixel_cap_and_batches_over_the_file_cap_are_refused(url, tmp_path):
     client = Client(url, verbose=False)
     huge = tmp_path / "huge.png"
@@ -250,6 +256,7 @@ def _raw_request(base: str, head: str, body_chunks=(), pause: float = 0.0) -> tu
         return s.recv(65536).decode(errors="replace").splitlines()[0], sent
 
 
+@pytest.mark.slow
 def test_oversized_bodies_are_refused_before_being_read(url):
     host = url.split("//")[1].rstrip("/")
     # a declared 60 MB upload: answered at once, without sending a byte of the body
@@ -278,6 +285,7 @@ def test_oversized_bodies_are_refused_before_being_read(url):
 
 # -- 6. overload answers "busy", never runs out of memory
 
+@pytest.mark.slow
 def test_overload_answers_busy(trained, corpus_image):
     """With one REST slot and a Gradio queue of one, requests beyond them are answered at once with 503 / "queue is
     full" while the model is busy, and served again once it is free."""
@@ -319,6 +327,7 @@ def test_overload_answers_busy(trained, corpus_image):
 
 # -- 7. temporary files are deleted on a schedule
 
+@pytest.mark.slow
 def test_batch_outputs_and_uploads_are_deleted_on_a_schedule(trained, corpus_image):
     limits = Limits(temp_age_s=1, cleanup_every_s=1)
     with serve(create_served_app(trained, limits=limits)) as base:
@@ -337,6 +346,7 @@ def test_batch_outputs_and_uploads_are_deleted_on_a_schedule(trained, corpus_ima
 
 # -- 8. spreadsheet formulas in file names stay text
 
+@pytest.mark.slow
 def test_csv_cells_cannot_run_as_formulas(url, corpus_image, tmp_path):
     name = "=HYPERLINK(CONCAT(CHAR(104),CHAR(116)),CHAR(88)).png"
     evil = tmp_path / name
@@ -355,6 +365,7 @@ def test_csv_cells_cannot_run_as_formulas(url, corpus_image, tmp_path):
 
 # -- 9. headers, and monitoring that the owner can keep private
 
+@pytest.mark.slow
 def test_every_response_carries_the_security_headers(url, model_folder):
     for path in ("", "healthz", "config", f"gradio_api/file={model_folder / 'confusion_matrix.png'}",
                  f"gradio_api/file={model_folder / 'evil.html'}"):
@@ -363,6 +374,7 @@ def test_every_response_carries_the_security_headers(url, model_folder):
         assert "frame-ancestors 'self' https://huggingface.co" in response.headers["content-security-policy"], path
 
 
+@pytest.mark.slow
 def test_stats_can_be_made_private(trained):
     with serve(create_served_app(trained, public_stats=False)) as base:
         endpoints = Client(base, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
@@ -415,6 +427,7 @@ def test_readme_states_the_limits_the_code_enforces():
 
 # -- what already held, kept
 
+@pytest.mark.slow
 def test_a_model_name_is_only_ever_looked_up(url, corpus_image):
     """A path, a URL or a long string as `model` is an unknown name: nothing is opened or fetched, and the answer
     quotes at most 100 characters of it."""
@@ -430,6 +443,7 @@ def test_a_model_name_is_only_ever_looked_up(url, corpus_image):
     assert healthy(url)
 
 
+@pytest.mark.slow
 def test_a_top_k_beyond_the_classes_is_clamped(url, corpus_image):
     with open(corpus_image, "rb") as f:
         response = httpx.post(f"{url}api/classify", params={"top_k": 10**9}, files={"file": f}, timeout=30)
@@ -437,6 +451,7 @@ def test_a_top_k_beyond_the_classes_is_clamped(url, corpus_image):
     assert len(response.json()["predictions"]) == len(httpx.get(f"{url}api/model_info").json()["label_names"])
 
 
+@pytest.mark.slow
 def test_uploaded_html_and_svg_come_back_as_attachments_under_unguessable_names(url):
     import hashlib
 

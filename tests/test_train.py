@@ -95,6 +95,7 @@ def test_timm_alone_reproduces_the_reported_test_accuracy(trained, parquet_repo)
         assert torch.equal(loaded.model(batch), model(batch))
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_equals_uninterrupted(parquet_repo, tmp_path):
     out = tmp_path / "model"
     args = ["--dataset", parquet_repo, "--output-dir", out, "--epochs", "2", "--checkpoint-every", "2",
@@ -111,6 +112,7 @@ def test_resume_mid_epoch_equals_uninterrupted(parquet_repo, tmp_path):
         assert torch.equal(uninterrupted[key], resumed[key]), key
 
 
+@pytest.mark.slow
 def test_streamed_training_set_gives_the_same_weights_as_the_in_memory_one(parquet_repo, tmp_path):
     """The streaming path (DataLoader workers decoding each batch) feeds the loop bit-identical batches."""
     args = ["--dataset", parquet_repo, "--epochs", "1", "--augment", "strong", "--random-erase", "0.5",
@@ -126,6 +128,7 @@ def test_streamed_training_set_gives_the_same_weights_as_the_in_memory_one(parqu
         assert json.loads((tmp_path / path / "training_args.json").read_text())["resolved_data_path"] == path
 
 
+@pytest.mark.slow
 def test_pretrained_file_weights_are_loaded(parquet_repo, tmp_path):
     source = timm.create_model("resnet18", num_classes=1000)
     weights = tmp_path / "imagenet-like.safetensors"
@@ -182,15 +185,15 @@ def corrupt_folder(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("data_path", ["memory", "stream"])
-def test_corrupt_image_is_named_or_skipped(tmp_path, data_path):
+def test_corrupt_image_is_named_or_skipped(tmp_path, data_path, capsys):
     corrupt_folder(tmp_path / "data")
-    command = [sys.executable, str(ROOT / "train_accelerate.py"), "--dataset", str(tmp_path / "data"),
-               "--output-dir", str(tmp_path / "out"), "--epochs", "1", "--val-fraction", "0.25",
-               "--data-path", data_path, *FAST]
-    failed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=os.environ)
-    assert failed.returncode == 2
-    assert "broken.png" in failed.stderr and "--skip-bad-images" in failed.stderr
-    assert "Traceback" not in failed.stderr
+    with pytest.raises(SystemExit) as exited:
+        train("--dataset", tmp_path / "data", "--output-dir", tmp_path / "out", "--epochs", "1", "--val-fraction",
+              "0.25", "--data-path", data_path, *FAST)
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "broken.png" in stderr and "--skip-bad-images" in stderr
+    assert "Traceback" not in stderr
     assert not (tmp_path / "out" / "config.json").exists()
     train("--dataset", tmp_path / "data", "--output-dir", tmp_path / "out", "--epochs", "1", "--val-fraction", "0.25",
           "--skip-bad-images", "--data-path", data_path, *FAST)
@@ -221,7 +224,9 @@ def test_mixup_takes_a_batch_that_lost_an_image():
     assert torch.equal(labels, torch.arange(14) % 4)
 
 
+@pytest.mark.slow
 def test_random_erase_without_augmentation_is_refused(tmp_path):
+    """The one test of a usage error from the script itself; the others call train.main in-process."""
     result = subprocess.run([sys.executable, "train_accelerate.py", "--dataset", str(tmp_path), "--augment", "none",
                              "--random-erase", "0.25"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2 and "--random-erase needs --augment basic or strong" in result.stderr
@@ -243,6 +248,7 @@ def test_progressive_resizing_schedule_grows_from_the_minimum_to_the_full_size()
     assert {progressive_img_size(e, 10, 96, 96, (0.25, 0.75)) for e in range(10)} == {96}
 
 
+@pytest.mark.slow
 def test_progressive_resizing_trains_small_first_and_exports_the_full_size(parquet_repo, tmp_path, capsys):
     out = tmp_path / "model"
     train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "2", "--min-img-size", "16",
@@ -262,15 +268,16 @@ def test_a_training_size_under_the_cached_one_is_downsampled_with_antialiasing()
     assert small.shape == (4, 3, 20, 20) and small.std() * 0.25 * 255 < 5  # in grey levels
 
 
-def test_min_img_size_above_img_size_or_a_ramp_without_it_is_refused(tmp_path):
-    result = subprocess.run([sys.executable, "train_accelerate.py", "--dataset", str(tmp_path), "--img-size", "64",
-                             "--min-img-size", "96"], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 2 and "--min-img-size must be between 1 and --img-size (64)" in result.stderr
+def test_min_img_size_above_img_size_or_a_ramp_without_it_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        train("--dataset", tmp_path, "--img-size", "64", "--min-img-size", "96")
+    assert exited.value.code == 2
+    assert "--min-img-size must be between 1 and --img-size (64)" in capsys.readouterr().err
     # a ramp without a minimum size would change nothing, silently
-    result = subprocess.run([sys.executable, "train_accelerate.py", "--dataset", str(tmp_path), "--resize-ramp",
-                             "0.1,0.9"], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 2 and "--resize-ramp shapes progressive resizing, which needs --min-img-size" \
-        in result.stderr
+    with pytest.raises(SystemExit) as exited:
+        train("--dataset", tmp_path, "--resize-ramp", "0.1,0.9")
+    assert exited.value.code == 2
+    assert "--resize-ramp shapes progressive resizing, which needs --min-img-size" in capsys.readouterr().err
 
 
 def test_tta_gain_reproduces_the_runs_final_evaluation(trained, parquet_repo, capsys):
@@ -295,20 +302,23 @@ def test_test_time_flip_follows_the_augmentation():
     assert parse_args(["--dataset", "cifar10", "--tta", "none"]).tta == "none"
 
 
-def test_help_documents_options_with_defaults():
-    result = subprocess.run([sys.executable, "train_accelerate.py", "--help"], capture_output=True, text=True,
-                            cwd=ROOT, check=True)
+def test_help_documents_options_with_defaults(capsys):
+    with pytest.raises(SystemExit) as exited:
+        train("--help")
+    assert exited.value.code == 0
+    stdout = capsys.readouterr().out
     for option in ("--dataset", "--pretrained-file", "--mixed-precision", "--checkpoint-every", "--resume",
                    "--push-to-hub", "--augment", "--val-fraction", "(default: 0.1)"):
-        assert option in result.stdout
+        assert option in stdout
     # each option states one default, the true one: none printed as "None" or twice, none contradicting a flag
-    text = " ".join(result.stdout.split())
+    text = " ".join(stdout.split())
     assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
     assert text.count("(default:") == len(re.findall(r"\(default: [^)]*\)", text))
     assert not re.search(r"default[^()]*\) \(default:", text)
     assert "--epochs EPOCHS passes over the training set (default: the preset's, else 10)" in text
 
 
+@pytest.mark.slow
 def test_failed_push_says_why_and_keeps_the_folder(trained, tmp_path):
     """Nothing listens on port 9 of loopback: the push must fail plainly, exit non-zero, and touch nothing."""
     before = {p.name: p.stat().st_mtime_ns for p in trained.iterdir()}
@@ -328,6 +338,7 @@ def test_failed_push_says_why_and_keeps_the_folder(trained, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_compiled_training_exports_a_plain_timm_model(parquet_repo, tmp_path):
     out = tmp_path / "model"
     try:
@@ -341,6 +352,7 @@ def test_compiled_training_exports_a_plain_timm_model(parquet_repo, tmp_path):
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, len(CLASSES))
 
 
+@pytest.mark.slow
 def test_strong_augmentation_mixup_cosine_and_tensorboard(parquet_repo, tmp_path):
     out = tmp_path / "model"
     train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "2", "--report-to", "tensorboard",
