@@ -48,6 +48,7 @@ class Repo:
 class HubStandIn:
     def __init__(self, token: str = "hf_standin_token"):
         self.token = token
+        self.token_role = "write"  # what whoami says of the token: "read" for a read-only one
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -122,7 +123,7 @@ class HubStandIn:
                     if not self._authorized():
                         return self._error(401, "Invalid credentials in Authorization header")
                     return self._send(200, {"type": "user", "name": "tester", "auth": {"accessToken": {
-                        "displayName": "test", "role": "write"}}, "orgs": []})
+                        "displayName": "test", "role": hub.token_role}}, "orgs": []})
                 m = re.fullmatch(r"/api/(model|dataset|space)s/(.+?)(?:/revision/([^/]+))?", path)
                 if m and "/tree/" not in path:
                     return self._info(m.group(1), unquote(m.group(2)))

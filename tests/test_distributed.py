@@ -83,6 +83,9 @@ def test_two_processes_train_and_count_each_sample_once(two_process_run, parquet
     budget, sources = record["resolved"]["data_path_budget"], record["resolved"]["data_sources"]
     assert budget["local_processes"] == 2 and budget["bytes_per_process"] == memory_budget(torch.device("cpu")) // 2
     assert len(sources) == 2 and sources[1] == {"train": "cache", "validation": "cache", "test": "cache"}
+    # two processes of 16 make a global batch of 32: the generic recipe's SGD lr (for 128) follows it linearly
+    assert record["resolved"]["lr"] == {"base": 0.1, "applied": pytest.approx(0.025), "rule": "linear",
+                                        "global_batch": 32, "reference_batch": 128}
     # (written by one process only: accelerate's print shows one process's lines here whatever happens; the two
     # machines' test below counts it over both)
     assert {"config.json", "model.safetensors", "metrics.json", "README.md"} <= {p.name for p in out.iterdir()}

@@ -1,0 +1,170 @@
+"""Fine-tuning as a user with internet runs it, against the loopback Hub stand-in serving a timm-format
+`timm/resnet18.a1_in1k` (random weights standing in for ImageNet's): the default run starts from them, the cache
+serves them when the Hub is gone, `--pretrained` without them fails at once, a push that cannot happen fails
+before training, and the whole loop (train -> push -> deploy-space -> the Space started from its own files)
+answers as timm does on the pushed repo."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+from timm.models import save_for_hf
+
+from benchmarks import load_app
+
+from .conftest import free_port, shape_image
+from .hub_standin import HubStandIn
+from .test_hub import hub_env, python
+
+pytestmark = pytest.mark.slow  # the Hub stand-in and training processes
+
+BASE = "timm/resnet18.a1_in1k"  # what timm's `resnet18` fetches
+SMALL = ["--epochs", "1", "--img-size", "32", "--batch-size", "32", "--eval-batch-size", "64",
+         "--samples-per-class", "2", "--failure-samples", "2"]
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """The stand-in, serving timm's resnet18 repo; -> (hub, the served state dict)."""
+    standin = HubStandIn().start()
+    base = timm.create_model("resnet18", num_classes=1000)
+    folder = tmp_path / "base-repo"
+    save_for_hf(base, str(folder), safe_serialization=True)
+    standin.add_files("model", BASE, {p.name: p.read_bytes() for p in folder.iterdir()})
+    yield standin, base.state_dict()
+    standin.stop()
+
+
+def record(out: Path) -> dict:
+    return json.loads((out / "training_args.json").read_text())
+
+
+def assert_backbone_is(out: Path, served: dict) -> None:
+    """One epoch, all of it the head's alone: the backbone comes out exactly as the Hub served it."""
+    exported = load_file(out / "model.safetensors")
+    for key in ("conv1.weight", "layer2.0.downsample.0.weight", "layer4.1.conv2.weight"):
+        assert torch.equal(exported[key], served[key]), key
+    assert exported["fc.weight"].shape == (4, 512)  # the 1000-class head replaced by one for the 4 classes
+
+
+def test_the_default_run_fine_tunes_the_hub_weights_then_finds_them_in_the_cache(hub, parquet_repo, tmp_path):
+    standin, served = hub
+    env = hub_env(standin, tmp_path / "home")
+    revision = standin.repos[("model", BASE)].sha
+    online = tmp_path / "online"
+    result = python(env, "train_accelerate.py", "--dataset", parquet_repo, "--output-dir", online, *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Recipe: fine-tuning, for weights hf-hub:{BASE}@{revision} (the Hub's)" in result.stdout
+    weights = record(online)["resolved"]["weights"]
+    assert weights == {"source": f"hf-hub:{BASE}@{revision}", "kind": "hub", "hub_id": BASE, "revision": revision,
+                       "license": "apache-2.0", "why": "the Hub's"}
+    assert record(online)["resolved"]["recipe"]["name"] == "finetune"
+    assert_backbone_is(online, served)
+    card = (online / "README.md").read_text()
+    assert f"base_model: {BASE}\n" in card and "base_model_relation: finetune" in card
+    assert "license: apache-2.0" in card and f"fine-tuned from [{BASE}]" in card
+
+    standin.stop()  # the Hub out of reach: the same command starts from the same weights, out of the cache
+    offline = tmp_path / "offline"
+    result = python(env, "train_accelerate.py", "--dataset", parquet_repo, "--output-dir", offline, *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = record(offline)["resolved"]["weights"]
+    assert (weights["revision"], record(offline)["resolved"]["recipe"]["name"]) == (revision, "finetune")
+    assert weights["why"].startswith("cached earlier (the Hub cannot be reached")
+    assert_backbone_is(offline, served)
+
+    # nothing cached and the Hub out of reach: --pretrained fails at once (it took 58 s of retries), the default
+    # trains from scratch with the scratch recipe and says why
+    env["HF_HOME"] = str(tmp_path / "empty-home")
+    failed = python(env, "train_accelerate.py", "--dataset", parquet_repo, "--output-dir", tmp_path / "x",
+                    "--pretrained", *SMALL)
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines()[-1].startswith(
+        f"error: Cannot load pretrained weights for 'resnet18' ({BASE}): the Hub cannot be reached (")
+    # one refused probe, then the cache alone: none of huggingface_hub's retries (5, with backoff, 58 s in all)
+    assert "Retrying" not in failed.stderr and "retry" not in failed.stderr.lower()
+    scratch = tmp_path / "scratch"
+    result = python(env, "train_accelerate.py", "--dataset", parquet_repo, "--output-dir", scratch, *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert record(scratch)["resolved"]["recipe"]["name"] == "scratch"
+    assert "Pretrained weights for 'resnet18' unavailable" in result.stderr
+
+
+@pytest.mark.parametrize("repo, role, says", [
+    ("someone-else/blobs", "write", "tester may not write to 'someone-else' (writable: tester)"),
+    ("tester/blobs", "read", "the token is read-only; create a write token"),
+])
+def test_a_push_that_cannot_happen_fails_before_training(hub, parquet_repo, tmp_path, repo, role, says):
+    standin, _ = hub
+    standin.token_role = role
+    out = tmp_path / "model"
+    result = python(hub_env(standin, tmp_path / "home"), "train_accelerate.py", "--dataset", parquet_repo,
+                    "--output-dir", out, "--no-pretrained", "--push-to-hub", repo, *SMALL)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: Checking write access to {repo} failed: {says}."
+    assert "Loading" not in result.stdout and not (out / "model.safetensors").exists()  # before the data, even
+    assert ("model", repo) not in standin.repos
+
+
+TIMM_PREDICTS = """
+import json, sys, timm, torch
+from huggingface_hub import hf_hub_download
+from PIL import Image
+model = timm.create_model("hf-hub:" + sys.argv[1], pretrained=True).eval()
+config = json.loads(open(hf_hub_download(sys.argv[1], "config.json")).read())  # label names, temperature
+x = timm.data.create_transform(**timm.data.resolve_data_config(model=model))(Image.open(sys.argv[2]).convert("RGB"))
+with torch.inference_mode():
+    views = torch.stack([x, x.flip(-1)])  # config.json says test_time_augmentation: flip
+    probs = (model(views) / config["temperature"]).softmax(-1).mean(0)
+print(json.dumps(dict(zip(config["label_names"], probs.tolist()))))
+"""
+
+
+def test_train_push_deploy_a_space_and_serve_it_from_its_own_files(hub, parquet_repo, tmp_path):
+    from gradio_client import Client, handle_file
+
+    standin, _ = hub
+    env = hub_env(standin, tmp_path / "home")
+    out = tmp_path / "model"
+    trained = python(env, "train_accelerate.py", "--dataset", parquet_repo, "--output-dir", out,
+                     "--push-to-hub", "tester/blobs-finetuned", *SMALL)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    card = standin.repos[("model", "tester/blobs-finetuned")].files["README.md"].decode()
+    assert f"base_model: {BASE}" in card and "hf-hub:tester/blobs-finetuned" in card
+    assert str(tmp_path) not in card and "/tmp/" not in card  # no local path of the training machine
+    pushed_args = json.loads(standin.repos[("model", "tester/blobs-finetuned")].files["training_args.json"])
+    assert "/tmp/" not in json.dumps(pushed_args)
+
+    deployed = python(env, "-m", "classifier.hub", "deploy-space", "tester/blobs-demo", "--model",
+                      "tester/blobs-finetuned")
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    space = tmp_path / "space"  # the Space's repo, as a Space checks it out: nothing else of this project
+    fetched = python(env, "-c", "import sys; from huggingface_hub import snapshot_download; "
+                                "snapshot_download('tester/blobs-demo', repo_type='space', local_dir=sys.argv[1])",
+                     space)
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    assert (space / "app.py").is_file() and not (space / "models").exists()
+
+    image = tmp_path / "blob.png"
+    shape_image("blue", random.Random(3), 32).save(image)
+    variables = standin.repos[("space", "tester/blobs-demo")].variables
+    port = free_port()
+    app = load_app.start_server(["app.py", "--host", "127.0.0.1", "--port", str(port)], port,
+                                dict(env, **variables, INFERENCE_PRECISION="fp32"), cwd=space)
+    try:
+        label, _ = Client(f"http://127.0.0.1:{port}", verbose=False).predict(handle_file(str(image)), 4,
+                                                                          api_name="/predict")
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+    expected = python(env, "-c", TIMM_PREDICTS, "tester/blobs-finetuned", image)
+    assert expected.returncode == 0, expected.stderr[-3000:]
+    expected = json.loads(expected.stdout.strip().splitlines()[-1])
+    served = {c["label"]: c["confidence"] for c in label["confidences"]}
+    assert label["label"] == max(expected, key=expected.get)
+    assert served == pytest.approx(expected, abs=1e-4)
