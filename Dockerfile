@@ -3,9 +3,10 @@
 FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=7860
-COPY requirements.txt .
-# the CPU build of torch is ~10x smaller than the default CUDA one
-RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.txt
+COPY requirements-space.txt .
+# what serving needs (as a Space installs it), with the CPU build of torch: PyPI's default is the CUDA one, whose
+# torch, nvidia-* and triton take 5.3 GB of a 5.8 GB install (docs/APP.md)
+RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -r requirements-space.txt
 COPY app.py ./
 COPY classifier ./classifier
 COPY models ./models

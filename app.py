@@ -33,7 +33,10 @@ parser.add_argument("--frame-ancestors", default=os.environ.get("FRAME_ANCESTORS
 
 def main(argv=None) -> None:
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # our messages (classifier.*, the request log among them) at INFO, the libraries' at WARNING: httpx and
+    # huggingface_hub's httpx2 log every HTTP request at INFO, hundreds of lines in a Space's log at each start
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("classifier").setLevel(logging.INFO)
     try:
         # an explicit --model must load; MODEL_ID (a Space's setting) falls back to the bundled models with a notice
         predictors, notice = load_predictors(args.model or os.environ.get("MODEL_ID"), args.revision,

@@ -19,7 +19,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NOT_UPLOADED = ["checkpoints/**", "logs/**", ".staging/**", ".write-test"]
 # the Python that CI tests; Spaces otherwise default to 3.10, which nothing here tests
 PYTHON_VERSION = "3.11"
-SPACE_FILES = ["app.py", "requirements.txt", "classifier/**/*.py", "classifier/metrics/**/*.py"]
+SPACE_FILES = ["app.py", "classifier/**/*.py", "classifier/metrics/**/*.py"]
+# what serving needs (the Space's requirements.txt is made from it); requirements.txt adds training's packages
+SERVING_REQUIREMENTS = PROJECT_ROOT / "requirements-space.txt"
+# PyTorch's CPU wheels for a CPU Space: PyPI's Linux torch is the CUDA build, with nvidia-* and triton several GB
+# that a CPU never uses (docs/APP.md has the sizes). pip takes the CPU index's 2.x.y+cpu over PyPI's 2.x.y.
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 class HubError(RuntimeError):
@@ -51,17 +56,34 @@ def hub_unreachable() -> str | None:
 
 
 def _explain(e: Exception, what: str) -> HubError:
-    from huggingface_hub.errors import HfHubHTTPError
+    """`what` failed, in plain words, by what the Hub answered: huggingface_hub raises RepositoryNotFoundError only
+    when the Hub said so (X-Error-Code RepoNotFound); any other 404 (no such revision or file, a route this Hub
+    does not have) is not "no such repo", and the server's own message says more than its status."""
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RemoteEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
-    if isinstance(e, HfHubHTTPError):
+    if isinstance(e, GatedRepoError):  # a subclass of RepositoryNotFoundError: first
+        reason = "the repo is gated: accept its conditions on its page, with the account of the token"
+    elif isinstance(e, RepositoryNotFoundError):  # the Hub answers the same for a repo the token may not see
+        reason = "no such repo, or the token may not see it"
+    elif isinstance(e, RevisionNotFoundError):
+        reason = "no such revision (branch, tag or commit) in the repo"
+    elif isinstance(e, RemoteEntryNotFoundError):
+        reason = "no such file in the repo"
+    elif isinstance(e, HfHubHTTPError):
         status = e.response.status_code if e.response is not None else None
-        reason = {401: "the token was rejected (log in with `hf auth login` or set HF_TOKEN)",
-                  403: "the token may not write to this repo",
-                  404: "no such repo, or no access to it"}.get(status, str(e).splitlines()[0])
-        return HubError(f"{what} failed: {reason}.")
-    if isinstance(e, (OSError, ConnectionError)) or "connect" in type(e).__name__.lower():
-        return HubError(f"{what} failed: cannot reach the Hub ({type(e).__name__}).")
-    return HubError(f"{what} failed: {type(e).__name__}: {e}")
+        said = e.server_message or str(e).strip().splitlines()[0]
+        if status == 401:
+            reason = "the token was rejected (log in with `hf auth login` or set HF_TOKEN)"
+        elif status == 403:
+            reason = f"the token may not do this (the Hub answered 403: {said})"
+        else:
+            reason = f"the Hub answered {status}: {said}"
+    elif isinstance(e, (OSError, ConnectionError)) or "connect" in type(e).__name__.lower():
+        reason = f"cannot reach the Hub ({type(e).__name__})"
+    else:
+        reason = f"{type(e).__name__}: {e}"
+    return HubError(f"{what} failed: {reason.rstrip('.')}.")
 
 
 def check_push_access(repo_id: str, private: bool = False, token: str | None = None) -> str:
@@ -125,7 +147,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
 
 
 def space_readme(space_id: str, model_id: str, datasets: list[str], hardware: str) -> str:
-    gradio_pin = re.search(r"^gradio==([\w.]+)", (PROJECT_ROOT / "requirements.txt").read_text(), re.M)
+    gradio_pin = re.search(r"^gradio==([\w.]+)", SERVING_REQUIREMENTS.read_text(), re.M)
     lines = [
         "---", f"title: {space_id.split('/')[-1]}", "emoji: 🖼️", "colorFrom: indigo", "colorTo: blue",
         "sdk: gradio", f"sdk_version: {gradio_pin.group(1) if gradio_pin else '6.31.0'}", "app_file: app.py",
@@ -138,6 +160,13 @@ def space_readme(space_id: str, model_id: str, datasets: list[str], hardware: st
         "Every action is also an API endpoint: see *Use via API* at the bottom of the app.", "",
     ]
     return "\n".join(lines)
+
+
+def space_requirements(hardware: str) -> str:
+    """The Space's requirements.txt: the serving list, with PyTorch's CPU index on CPU hardware (cpu-basic,
+    cpu-upgrade, ...); GPU hardware keeps PyPI's CUDA torch."""
+    index = f"--extra-index-url {CPU_TORCH_INDEX}\n" if hardware.startswith("cpu") else ""
+    return index + SERVING_REQUIREMENTS.read_text()
 
 
 def space_files() -> list[Path]:
@@ -158,15 +187,21 @@ def model_datasets(model_id: str, revision: str | None, token: str | None) -> li
 def deploy_space(space_id: str, model_id: str, model_revision: str | None = None, private: bool = False,
                  hardware: str = "cpu-basic", add_token_secret: bool = False, dry_run: bool = False,
                  token: str | None = None) -> dict:
-    """Create or update a Gradio Space that serves `model_id`. Returns what was (or would be) done."""
+    """Create or update a Gradio Space that serves `model_id`. Returns what was (or would be) done.
+
+    The steps run in order and nothing is undone when one fails, so its error names the step, what the earlier
+    ones left on the Hub and what is not done. Every step is safe to repeat: running the command again finishes."""
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
     variables = {"MODEL_ID": model_id, **({"MODEL_REVISION": model_revision} if model_revision else {})}
-    files = [str(p) for p in space_files()] + ["README.md"]
+    files = [str(p) for p in space_files()] + ["requirements.txt", "README.md"]
     plan = {"space": space_id, "files": files, "variables": variables, "hardware": hardware, "private": private,
             "secrets": ["HF_TOKEN"] if add_token_secret else []}
     if dry_run:
         return plan
+    secret = (token or get_token()) if add_token_secret else None
+    if add_token_secret and not secret:  # before any step, not after the files are up
+        raise HubError("--add-token-secret: no token found (set HF_TOKEN or run `hf auth login`).")
     api = HfApi(token=token)
     try:
         model_private = api.model_info(model_id, revision=model_revision).private
@@ -175,25 +210,39 @@ def deploy_space(space_id: str, model_id: str, model_revision: str | None = None
     if model_private and not add_token_secret:
         print(f"Note: {model_id} is private; the Space needs an HF_TOKEN secret to download it. "
               "Add it on the Space's settings page, or run again with --add-token-secret.", file=sys.stderr)
-    try:
-        url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        readme = space_readme(space_id, model_id, model_datasets(model_id, model_revision, token), hardware)
-        operations = [CommitOperationAdd(path, str(PROJECT_ROOT / path)) for path in files if path != "README.md"]
-        operations.append(CommitOperationAdd("README.md", readme.encode()))
-        api.create_commit(space_id, operations, repo_type="space", commit_message=f"Deploy the app for {model_id}")
-        for key, value in variables.items():
-            api.add_space_variable(space_id, key, value)
-        if add_token_secret:
-            secret = token or get_token()
-            if not secret:
-                raise HubError("--add-token-secret: no token found (set HF_TOKEN or run `hf auth login`).")
-            api.add_space_secret(space_id, "HF_TOKEN", secret)
-        if hardware != "cpu-basic":
-            api.request_space_hardware(space_id, hardware)
-    except HubError:
-        raise
-    except Exception as e:
-        raise _explain(e, f"Deploying {space_id}") from None
+    readme = space_readme(space_id, model_id, model_datasets(model_id, model_revision, token), hardware)
+    operations = [CommitOperationAdd(str(path), str(PROJECT_ROOT / path)) for path in space_files()]
+    operations += [CommitOperationAdd("requirements.txt", space_requirements(hardware).encode()),
+                   CommitOperationAdd("README.md", readme.encode())]
+    url = f"{api.endpoint}/spaces/{space_id}"
+    # (what the step does, what it leaves on the Hub, the call)
+    steps = [
+        ("creating the Space", f"the Space {url}", functools.partial(
+            api.create_repo, space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)),
+        ("committing the app's files", "the app's files, committed", functools.partial(
+            api.create_commit, space_id, operations, repo_type="space",
+            commit_message=f"Deploy the app for {model_id}")),
+        *[(f"setting the Space variable {key}={value}", f"the variable {key}",
+           functools.partial(api.add_space_variable, space_id, key, value)) for key, value in variables.items()],
+    ]
+    if secret:
+        steps.append(("storing the Space secret HF_TOKEN", "the secret HF_TOKEN",
+                      functools.partial(api.add_space_secret, space_id, "HF_TOKEN", secret)))
+    if hardware != "cpu-basic":
+        steps.append((f"requesting the hardware {hardware}", f"the hardware {hardware}",
+                      functools.partial(api.request_space_hardware, space_id, hardware)))
+    for i, (doing, _, call) in enumerate(steps):
+        try:
+            call()
+        except Exception as e:
+            error = _explain(e, f"Deploying {space_id}: step {i + 1} of {len(steps)}, {doing},")
+            done = "; ".join(step[1] for step in steps[:i]) or "nothing from this run"
+            left = "; ".join(step[0] for step in steps[i:])
+            # past the commit, what is left are the Space's settings, which its settings page also sets
+            finish = (f"set them on {url}/settings, or run deploy-space again" if i >= 2 else
+                      "run deploy-space again once the cause is fixed")
+            raise HubError(f"{error} Already on the Hub: {done}. Not done: {left}: {finish} (every step is safe "
+                           "to repeat).") from None
     print(f"Deployed {url} serving {model_id}")
     return plan
 

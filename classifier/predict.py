@@ -212,8 +212,9 @@ def load_predictors(source: str | None = None, revision: str | None = None, fall
     """The models the app serves, and a notice for the UI.
 
     `source` (a Hub id or a folder) comes first; the bundled models follow. A `source` that cannot be loaded raises
-    ModelSourceError, unless `fallback` (MODEL_ID on a Space: a visitor should see the bundled models rather than
-    a dead Space), where the app starts with the bundled models and the notice says so.
+    ModelSourceError, unless `fallback` (`source` is the MODEL_ID variable, a Space's setting: a visitor should see
+    the bundled models rather than a dead Space), where the app starts with the bundled models and the notice says
+    so; with no bundled model either, the ModelSourceError says that the MODEL_ID variable is what to fix.
     """
     return on_torch_thread(_load_predictors, source, revision, fallback, precision)
 
@@ -221,7 +222,7 @@ def load_predictors(source: str | None = None, revision: str | None = None, fall
 def _load_predictors(source: str | None, revision: str | None, fallback: bool,
                      precision: str) -> tuple[dict[str, Predictor], str]:
     predictors: dict[str, Predictor] = {}
-    notice = ""
+    failure = None  # why the MODEL_ID model (`source` with `fallback`) cannot be loaded
     if source:
         name = public_name(source)
         try:
@@ -230,14 +231,23 @@ def _load_predictors(source: str | None, revision: str | None, fallback: bool,
         except ModelSourceError as e:
             if not fallback:
                 raise
-            log.warning("Could not load %s: %s", source, e)
-            notice = f"Could not load the model {name!r} (the server log says why). Showing the bundled model(s) instead."
+            failure = e
     for folder in bundled_model_folders():
         try:
             predictors.setdefault(folder.name, Predictor(load(folder), folder.name, precision))
         except ModelSourceError as e:
             log.warning("Skipping bundled model %s: %s", folder.name, e)
+    if failure is not None:
+        # the model came from the MODEL_ID variable (a Space's setting): that variable is what to fix, and the
+        # message says whether bundled models stand in (a Space made by deploy-space has none)
+        problem = f"The MODEL_ID variable names a model that cannot be loaded ({name!r})"
+        if not predictors:
+            raise ModelSourceError(f"{problem}: {failure} Set MODEL_ID to a Hub model id (owner/name) that this "
+                                   "app can download; a private model also needs the HF_TOKEN secret.")
+        log.warning("%s: %s Showing the bundled model(s) instead.", problem, failure)
+        return predictors, (f"Could not load the model {name!r} named by the MODEL_ID variable (the server log "
+                            "says why). Showing the bundled model(s) instead.")
     if not predictors:
-        raise ModelSourceError(f"No model to serve: {notice or 'no --model/MODEL_ID given'} and no bundled model "
-                               f"in {BUNDLED_MODELS}. Train one with train_accelerate.py and pass --model <folder>.")
-    return predictors, notice
+        raise ModelSourceError(f"No model to serve: no --model/MODEL_ID given and no bundled model in "
+                               f"{BUNDLED_MODELS}. Train one with train_accelerate.py and pass --model <folder>.")
+    return predictors, ""

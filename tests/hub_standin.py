@@ -11,7 +11,7 @@ Routes:
   POST /api/<type>s/<id>/paths-info/<rev>               info for given paths
   POST /api/<type>s/<id>/preupload/<rev>                every file is uploaded inline ("regular")
   POST /api/<type>s/<id>/commit/<rev>                   NDJSON commit (header, file, deletedFile)
-  POST /api/spaces/<id>/{variables,secrets,hardware}    recorded for assertions
+  POST /api/spaces/<id>/{variables,secrets,hardware}    recorded for assertions (or failed: HubStandIn.failing)
   POST /<prefix><id>.git/info/lfs/objects/batch         LFS batch, with an upload URL (PUT /lfs-upload/<oid>)
   GET|HEAD /<prefix><id>/resolve/<rev>/<path>           ETag, X-Repo-Commit, byte ranges; 404 + X-Error-Code
 """
@@ -51,6 +51,9 @@ class HubStandIn:
         self.token_role = "write"  # what whoami says of the token: "read" for a read-only one
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}
+        # a Space setting ("variables", "secrets", "hardware") -> the status its route answers instead, to see
+        # a failed step: a plain error, no X-Error-Code, as for a route a Hub does not have
+        self.failing: dict[str, int] = {}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread: threading.Thread | None = None
@@ -254,6 +257,8 @@ class HubStandIn:
                 if not repo:
                     return
                 body = json.loads(self._body() or b"{}")
+                if kind in hub.failing:
+                    return self._error(hub.failing[kind], f"the stand-in fails /api/spaces/<id>/{kind} on purpose")
                 if kind == "hardware":
                     repo.hardware = body.get("flavor")
                 else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,11 @@ def test_deploy_space_creates_the_repo_and_sets_model_id(hub, trained, tmp_path)
     # the Python CI tests, as in this project's own Space card
     assert 'python_version: "3.11"' in readme and 'python_version: "3.11"' in (ROOT / "README.md").read_text()
     assert space.variables == {"MODEL_ID": "tester/blobs", "MODEL_REVISION": "main"}
+    # what serving needs and no more, with PyTorch's CPU index on this cpu-basic Space
+    requirements = space.files["requirements.txt"].decode()
+    assert requirements == f"--extra-index-url {CPU_TORCH_INDEX}\n" + (ROOT / "requirements-space.txt").read_text()
+    assert {"torch", "timm", "gradio"} <= requirement_names(requirements)
+    assert not TRAINING_ONLY.keys() & requirement_names(requirements)
 
 
 def start_app(env: dict) -> tuple[subprocess.Popen, str]:
@@ -126,6 +132,7 @@ def test_app_pulls_model_id_and_falls_back_when_the_hub_is_gone(hub, trained, co
     app.log.seek(0)
     log = app.log.read()
     assert hub.token not in log
+    assert "HTTP Request:" not in log  # httpx logs each request at INFO: not in the Space's log
 
     hub.stop()
     app, url = start_app(env)  # the Hub gone, the model in the cache: served from there
@@ -140,7 +147,7 @@ def test_app_pulls_model_id_and_falls_back_when_the_hub_is_gone(hub, trained, co
     try:
         health = httpx.get(f"{url}/healthz").json()
         assert "tester/blobs" not in health["models"] and health["models"]  # the bundled model(s)
-        assert "Could not load the model 'tester/blobs'" in health["notice"]
+        assert "Could not load the model 'tester/blobs' named by the MODEL_ID variable" in health["notice"]
         assert "tester/blobs" in httpx.get(url + "/config").text  # the notice is on the page
         assert hub.token not in health["notice"] + httpx.get(url + "/config").text
     finally:
@@ -190,3 +197,126 @@ def test_push_with_a_bad_token_or_no_server(hub, trained, tmp_path):
     assert down.returncode == 3 and "cannot reach the Hub" in down.stderr
     assert hub.token not in down.stdout + down.stderr
     assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
+
+
+# training's own packages (requirements.txt over requirements-space.txt) -> import name; tqdm is left out:
+# huggingface_hub installs it anyway
+TRAINING_ONLY = {"datasets": "datasets", "accelerate": "accelerate", "evaluate": "evaluate",
+                 "scikit-learn": "sklearn", "torchmetrics": "torchmetrics"}
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def requirement_names(text: str) -> set[str]:
+    """The package names a requirements file lists (not its -r / --index options)."""
+    names = set()
+    for line in text.splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.match(r"[A-Za-z0-9_.-]+", line).group(0).lower().replace("_", "-"))
+    return names
+
+
+def test_requirements_txt_is_the_serving_list_plus_training():
+    from classifier.hub import space_requirements
+
+    training = (ROOT / "requirements.txt").read_text()
+    assert "-r requirements-space.txt" in training.splitlines()  # `pip install -r requirements.txt` gets both
+    assert requirement_names(training) - {"tqdm"} == TRAINING_ONLY.keys()
+    # CPU hardware gets PyTorch's CPU wheels, GPU hardware PyPI's CUDA build
+    assert space_requirements("cpu-upgrade").startswith(f"--extra-index-url {CPU_TORCH_INDEX}\n")
+    assert "--extra-index-url" not in space_requirements("t4-small")
+
+
+# app.py with the packages named in argv[1] as good as not installed: the finder of installed packages does not
+# find them, so an import fails and a probe (importlib.util.find_spec, as torch._dynamo does) answers None
+SERVE_WITHOUT = """
+import importlib.machinery, runpy, sys
+
+blocked = set(sys.argv[1].split(","))
+
+
+class NotInstalled(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        return None if name.split(".")[0] in blocked else super().find_spec(name, path, target)
+
+
+sys.meta_path[sys.meta_path.index(importlib.machinery.PathFinder)] = NotInstalled
+sys.argv = ["app.py", *sys.argv[2:]]
+runpy.run_path("app.py", run_name="__main__")
+"""
+
+
+def test_the_app_serves_without_the_training_packages(corpus_image):
+    """What app.py imports, at start and in each endpoint, comes from the serving list: a Space installs no more."""
+    from gradio_client import Client, handle_file
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_ID", "MODEL_REVISION")}
+    env["HF_HUB_OFFLINE"] = "1"  # the bundled models only
+    app = load_app.start_server(["-c", SERVE_WITHOUT, ",".join(TRAINING_ONLY.values()), "--host", "127.0.0.1",
+                                 "--port", str(port)], port, env, timeout=300)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with open(corpus_image, "rb") as f:
+            assert httpx.post(f"{url}/api/classify", files={"file": f}).status_code == 200
+        assert httpx.get(f"{url}/api/model_info").status_code == 200
+        client = Client(url, verbose=False)
+        heatmap, details = client.predict(handle_file(str(corpus_image)), None, None, api_name="/explain")
+        assert Path(heatmap).is_file() and details["class"]
+        table, _ = client.predict([handle_file(str(corpus_image))], 3, None, api_name="/classify_batch")
+        assert len(table["data"]) == 1
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+    app.log.seek(0)
+    log = app.log.read()
+    assert not any(f"No module named '{name}" in log for name in TRAINING_ONLY.values()), log[-3000:]
+
+
+def deploy(env: dict, model: str = "tester/blobs") -> subprocess.CompletedProcess:
+    return python(env, "-m", "classifier.hub", "deploy-space", "tester/demo", "--model", model)
+
+
+def test_deploy_space_names_the_step_that_failed_and_what_is_on_the_hub(hub, tmp_path):
+    hub.add_files("model", "tester/blobs", {"config.json": b"{}"})
+    env = hub_env(hub, tmp_path / "home")
+    hub.failing["variables"] = 404  # a 404 that is not the Hub saying "no such repo"
+    failed = deploy(env)
+    assert failed.returncode == 3
+    assert "step 3 of 3, setting the Space variable MODEL_ID=tester/blobs" in failed.stderr
+    assert "the Hub answered 404" in failed.stderr and "on purpose" in failed.stderr  # the server's own words
+    assert "the app's files, committed" in failed.stderr and f"{hub.url}/spaces/tester/demo/settings" in failed.stderr
+    assert "no such repo" not in failed.stderr
+    space = hub.repos[("space", "tester/demo")]
+    assert "app.py" in space.files and space.variables == {}  # as the message says
+    del hub.failing["variables"]
+    again = deploy(env)  # every step may be repeated: running it again finishes the job
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert space.variables == {"MODEL_ID": "tester/blobs"}
+    # where the Hub does say so (X-Error-Code RepoNotFound), the message says so
+    missing = deploy(env, "tester/gone")
+    assert missing.returncode == 3
+    assert "Looking up the model tester/gone failed: no such repo, or the token may not see it" in missing.stderr
+
+
+def test_a_space_whose_model_id_cannot_be_loaded_says_the_variable_is_wrong(hub, tmp_path):
+    hub.add_files("model", "tester/blobs", {"config.json": b"{}"})
+    env = hub_env(hub, tmp_path / "home")
+    assert deploy(env).returncode == 0
+    space = tmp_path / "space"  # the Space's files, as its build checks them out: no bundled models
+    for path, data in hub.repos[("space", "tester/demo")].files.items():
+        (space / path).parent.mkdir(parents=True, exist_ok=True)
+        (space / path).write_bytes(data)
+    del env["PYTHONPATH"]
+    env["MODEL_ID"] = "tester/gone"
+    result = subprocess.run([sys.executable, "app.py", "--port", str(free_port())], cwd=space, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    message = result.stderr[result.stderr.index("error: "):]
+    assert message.startswith("error: The MODEL_ID variable names a model that cannot be loaded ('tester/gone')")
+    assert "Set MODEL_ID to a Hub model id" in message
+    # one message, and no advice that does not apply to a Space
+    assert result.stderr.count("MODEL_ID variable") == 1
+    assert "--model" not in result.stderr and "instead" not in result.stderr
+    assert "HTTP Request:" not in result.stderr
