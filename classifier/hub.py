@@ -86,13 +86,14 @@ def _explain(e: Exception, what: str) -> HubError:
     return HubError(f"{what} failed: {reason.rstrip('.')}.")
 
 
-def check_push_access(repo_id: str, private: bool = False, token: str | None = None) -> str:
+def check_push_access(repo_id: str, private: bool = False, token: str | None = None,
+                      what: str | None = None) -> str:
     """Before training, not after it: the token is valid and may write to `repo_id`'s namespace, and the repo
     exists (created now if needed, as transformers' Trainer does at its start). -> the repo URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    what = f"Checking write access to {repo_id}"
+    what = what or f"Checking write access to {repo_id}"
     namespace = repo_id.split("/")[0] if "/" in repo_id else None
     try:
         me = api.whoami()
@@ -133,7 +134,7 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise HubError(f"{folder} is not a complete model folder (config.json and model.safetensors are needed).")
     api = HfApi(token=token)
-    url = check_push_access(repo_id, private=private, token=token)
+    url = check_push_access(repo_id, private=private, token=token, what=f"Push to {repo_id}")
     name_repo_in_card(folder, repo_id)
     try:
         if revision:

@@ -73,7 +73,7 @@ def resolve_weights(name: str, pretrained: bool | None = None, pretrained_file: 
         if pretrained:
             raise ModelSourceError(f"timm has no Hub weights for {name!r}.")
         return StartingWeights("scratch", why=f"timm has no Hub weights for {name!r}")
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, is_offline_mode
 
     unreachable = None if cached_only else hub_unreachable()
     try:
@@ -88,8 +88,8 @@ def resolve_weights(name: str, pretrained: bool | None = None, pretrained_file: 
         return StartingWeights("scratch", why=f"no weights for {name!r} could be had ({reason})")
     # huggingface_hub's cache keeps each file under snapshots/<commit>/: the revision the weights came from
     revision = Path(path).parent.name
-    why = "--pretrained" if pretrained else ("the Hub's" if not unreachable else
-                                              f"cached earlier (the Hub cannot be reached: {unreachable})")
+    why = (f"cached earlier (the Hub cannot be reached: {unreachable})" if unreachable else
+           "cached earlier (HF_HUB_OFFLINE)" if is_offline_mode() else "the Hub's")
     return StartingWeights("hub", file=path, hub_id=hub_id, revision=revision, license=cfg and cfg.license,
                            why=why)
 

@@ -262,6 +262,9 @@ class App:
                             if "calibration" in final else None),
             "training_command": public_command(p.training_args.get("command")),
             "dataset": public_name(p.training_args.get("dataset")),
+            # scratch, file:<name> or hf-hub:<repo>@<revision> (fine-tuned from the Hub's weights)
+            "starting_weights": (p.training_args.get("resolved", {}).get("weights", {}).get("source")
+                                 or p.training_args.get("weights_source")),
         }
 
     def about_markdown(self, model: str | None = None) -> str:
@@ -283,8 +286,10 @@ class App:
                         f"image may not be one of these classes.")
         flip = " · predictions average each image and its mirror" if info["test_time_augmentation"] == "flip" else ""
         size = info["input_size"]
+        start = {None: "", "scratch": " · trained from scratch"}.get(info["starting_weights"],
+                                                                     f" · started from `{info['starting_weights']}`")
         return (f"### {info['name']}\n`{info['architecture']}` · input {size}×{size} px{flip} · "
-                f"{len(info['label_names'])} classes: {', '.join(info['label_names'])}\n\n{metrics}\n\n"
+                f"{len(info['label_names'])} classes: {', '.join(info['label_names'])}{start}\n\n{metrics}\n\n"
                 f"**Training command**\n{command}")
 
     def stats(self) -> dict:

@@ -18,6 +18,7 @@ Routes:
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import json
 import re
@@ -49,6 +50,7 @@ class HubStandIn:
     def __init__(self, token: str = "hf_standin_token"):
         self.token = token
         self.token_role = "write"  # what whoami says of the token: "read" for a read-only one
+        self.downloads: collections.Counter = collections.Counter()  # GETs of (repo id, file)
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}
         # a Space setting ("variables", "secrets", "hardware") -> the status its route answers instead, to see
@@ -288,6 +290,8 @@ class HubStandIn:
                 if file not in repo.files:
                     return self._error(404, f"{file} does not exist", "EntryNotFound")
                 data = repo.files[file]
+                if not head:
+                    hub.downloads[(unquote(m.group(2)), file)] += 1
                 etag = f'"{hashlib.sha256(data).hexdigest()}"'
                 headers = {"ETag": etag, "X-Repo-Commit": repo.sha, "Accept-Ranges": "bytes",
                            "Content-Type": "application/octet-stream"}

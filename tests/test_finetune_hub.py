@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +22,7 @@ from benchmarks import load_app
 
 from .conftest import free_port, shape_image
 from .hub_standin import HubStandIn
-from .test_hub import hub_env, python
+from .test_hub import ROOT, hub_env, python
 
 pytestmark = pytest.mark.slow  # the Hub stand-in and training processes
 
@@ -157,14 +160,41 @@ def test_train_push_deploy_a_space_and_serve_it_from_its_own_files(hub, parquet_
     app = load_app.start_server(["app.py", "--host", "127.0.0.1", "--port", str(port)], port,
                                 dict(env, **variables, INFERENCE_PRECISION="fp32"), cwd=space)
     try:
-        label, _ = Client(f"http://127.0.0.1:{port}", verbose=False).predict(handle_file(str(image)), 4,
-                                                                          api_name="/predict")
+        client = Client(f"http://127.0.0.1:{port}", verbose=False)
+        label, _ = client.predict(handle_file(str(image)), 4, api_name="/predict")
+        info = client.predict(api_name="/model_info")  # what About shows
     finally:
         app.terminate()
         app.wait(timeout=30)
     expected = python(env, "-c", TIMM_PREDICTS, "tester/blobs-finetuned", image)
     assert expected.returncode == 0, expected.stderr[-3000:]
     expected = json.loads(expected.stdout.strip().splitlines()[-1])
+    assert info["starting_weights"] == f"hf-hub:{BASE}@{standin.repos[('model', BASE)].sha}"
     served = {c["label"]: c["confidence"] for c in label["confidences"]}
     assert label["label"] == max(expected, key=expected.get)
     assert served == pytest.approx(expected, abs=1e-4)
+
+
+def test_two_processes_fetch_the_weights_once_and_both_start_from_them(hub, parquet_repo, tmp_path):
+    standin, served = hub
+    out = tmp_path / "model"
+    env = dict(hub_env(standin, tmp_path / "home"), OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "train_accelerate.py", "--dataset", str(parquet_repo), "--output-dir", str(out), *SMALL],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert standin.downloads[(BASE, "model.safetensors")] == 1  # the main process fetched, the other read the cache
+    assert record(out)["num_processes"] == 2 and record(out)["resolved"]["recipe"]["name"] == "finetune"
+    assert_backbone_is(out, served)
+
+
+def test_a_later_push_names_the_repo_in_the_card(hub, trained, tmp_path):
+    standin, _ = hub
+    folder = tmp_path / "model"
+    shutil.copytree(trained, folder)
+    assert "<your-user>/" in (folder / "README.md").read_text()  # written before any repo was named
+    pushed = python(hub_env(standin, tmp_path / "home"), "-m", "classifier.hub", "push", folder, "tester/later")
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    card = standin.repos[("model", "tester/later")].files["README.md"].decode()
+    assert "<your-user>" not in card
+    assert 'timm.create_model("hf-hub:tester/later"' in card and "MODEL_ID=tester/later python app.py" in card
