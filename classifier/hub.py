@@ -118,11 +118,13 @@ def check_push_access(repo_id: str, private: bool = False, token: str | None = N
         raise _explain(e, what) from None
 
 
-def name_repo_in_card(folder: Path, repo_id: str) -> None:
-    """A card written before its repo was known says `<your-user>/<name>` in its usage lines; name the repo."""
+def card_for_repo(folder: Path, repo_id: str) -> bytes | None:
+    """A card written before its repo was known says `<your-user>/<name>` in its usage lines: the card naming the
+    repo (None when there is nothing to change). The local folder keeps its own card."""
     card = folder / "README.md"
     if card.is_file() and "<your-user>/" in (text := card.read_text()):
-        card.write_text(re.sub(r"<your-user>/[\w.-]+", repo_id, text))
+        return re.sub(r"<your-user>/[\w.-]+", repo_id, text).encode()
+    return None
 
 
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
@@ -135,12 +137,16 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
         raise HubError(f"{folder} is not a complete model folder (config.json and model.safetensors are needed).")
     api = HfApi(token=token)
     url = check_push_access(repo_id, private=private, token=token, what=f"Push to {repo_id}")
-    name_repo_in_card(folder, repo_id)
+    card = card_for_repo(folder, repo_id)
     try:
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, ignore_patterns=NOT_UPLOADED,
-                          commit_message=commit_message or f"Upload {folder.name} trained with image-classifier")
+        message = commit_message or f"Upload {folder.name} trained with image-classifier"
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision, commit_message=message,
+                          ignore_patterns=NOT_UPLOADED + (["README.md"] if card else []))
+        if card:
+            api.upload_file(path_or_fileobj=card, path_in_repo="README.md", repo_id=repo_id, revision=revision,
+                            commit_message=message)
     except Exception as e:
         raise _explain(e, f"Push to {repo_id}") from None
     print(f"Pushed {folder} to {url}")

@@ -21,8 +21,8 @@ from classifier.options import parse_args
 from classifier.train import build_training, setup
 
 out, args = sys.argv[1], parse_args(sys.argv[2:])
-accelerator, data = setup(args)
-training = build_training(args, accelerator, data)
+accelerator, weights, data = setup(args)
+training = build_training(args, accelerator, weights, data)
 rank, world, batch = accelerator.process_index, accelerator.num_processes, training.plan.batch_size
 index = train_batches(len(data.train), batch, args.seed, 0, 0, world)[0]
 images, labels = data.train.images[index], data.train.labels[index]

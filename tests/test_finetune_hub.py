@@ -198,3 +198,4 @@ def test_a_later_push_names_the_repo_in_the_card(hub, trained, tmp_path):
     card = standin.repos[("model", "tester/later")].files["README.md"].decode()
     assert "<your-user>" not in card
     assert 'timm.create_model("hf-hub:tester/later"' in card and "MODEL_ID=tester/later python app.py" in card
+    assert "<your-user>/" in (folder / "README.md").read_text()  # the local folder is left as it was
