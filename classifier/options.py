@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "state dict loaded with weights_only=True)")
     model.add_argument("--recipe", choices=("auto", *RECIPES), default="auto",
                        help="finetune: the preset's recipe for pretrained weights (lower lr, few epochs, the head "
-                            "alone first, layer-wise lr decay); scratch: the one for random weights; auto: "
+                            "alone first); scratch: the one for random weights; auto: "
                             "finetune when the run starts from pretrained weights. Options given always win")
     model.add_argument("--img-size", type=int, help="training/eval input size; smaller images are upsampled")
     model.add_argument("--min-img-size", type=int,

@@ -263,8 +263,7 @@ class App:
             "training_command": public_command(p.training_args.get("command")),
             "dataset": public_name(p.training_args.get("dataset")),
             # scratch, file:<name> or hf-hub:<repo>@<revision> (fine-tuned from the Hub's weights)
-            "starting_weights": (p.training_args.get("resolved", {}).get("weights", {}).get("source")
-                                 or p.training_args.get("weights_source")),
+            "starting_weights": p.training_args.get("weights_source"),
         }
 
     def about_markdown(self, model: str | None = None) -> str:
