@@ -37,10 +37,33 @@ def test_cached_images_are_read_memory_mapped_from_one_file(test_split, tmp_path
     assert again.images.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_decoding_in_worker_processes_gives_the_same_tensors(test_split):
+def test_decoding_in_worker_processes_gives_the_same_tensors(test_split, tmp_path, monkeypatch):
+    """Every image is opened by one of two worker processes, none by this one, and the tensors are those this process
+    decodes alone. (PIL's Image.open is spied on, still opening each image: each call writes the process's id.)"""
+    import os
+
+    from PIL import Image
+
+    calls, image_open = tmp_path / "opened-by", Image.open
+
+    def open_and_tell(*args, **kwargs):
+        with open(calls, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return image_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", open_and_tell)
+
+    def decoded_by(**options):
+        calls.unlink(missing_ok=True)
+        split = decode_split(**test_split, use_cache=False, **options)
+        return split, calls.read_text().split()
+
     test_split["split"] = datasets.concatenate_datasets([test_split["split"]] * 5)  # 300 images: two chunks
-    alone = decode_split(**test_split, use_cache=False)
-    parallel = decode_split(**test_split, use_cache=False, workers=2)
+    alone, here = decoded_by()
+    parallel, there = decoded_by(workers=2)
+    assert len(here) == len(there) == 300
+    assert set(here) == {str(os.getpid())}
+    assert len(set(there)) == 2 and str(os.getpid()) not in there  # two workers, a chunk each
     assert torch.equal(alone.images, parallel.images) and torch.equal(alone.rows, parallel.rows)
 
 
