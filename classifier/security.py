@@ -28,6 +28,7 @@ class Limits:
     concurrent_decodes: int = 2  # images decoding at once, over every endpoint: a 2-core machine runs no more
     rest_in_flight: int = 16  # REST requests being served at once; beyond that, 503 "busy, retry"
     queue_size: int = 64  # Gradio requests waiting; beyond that Gradio answers "queue is full"
+    health_timeout_s: float = 10.0  # /healthz fails when the model's thread has not answered in this long
     temp_age_s: int = 3600  # uploads, outputs and batch CSVs are deleted this long after they were written
     cleanup_every_s: int = 600
 
@@ -128,14 +129,32 @@ def _header(scope, name: bytes) -> str | None:
     return next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == name), None)
 
 
-async def _send_json(send, status: int, message: str) -> None:
+async def _send_json(send, status: int, message: str, headers: tuple = ()) -> None:
     import json
 
     body = json.dumps({"error": message}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *headers]})
     await send({"type": "http.response.body", "body": body})
+
+
+class InFlightLimit:
+    """At most `limit` requests to `path` at once; one more is answered 503 "busy, retry" before its body is read,
+    so an overloaded server neither queues work without end nor receives and spools uploads it will not serve."""
+
+    def __init__(self, app, path: str, limit: int):
+        self.app, self.path, self.busy = app, path, Busy(limit)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        if not self.busy.try_enter():
+            return await _send_json(send, 503, "The server is busy; retry in a moment.", ((b"retry-after", b"1"),))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.busy.leave()
 
 
 class BodySizeLimit:

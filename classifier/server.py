@@ -6,16 +6,50 @@ error messages reach clients, and temporary files are deleted on a schedule.
 """
 from __future__ import annotations
 
+import logging
+
 import gradio as gr
 from fastapi import FastAPI, File, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .security import FRAME_ANCESTORS, BodySizeLimit, Busy, SecurityHeaders, start_janitor
+from .predict import torch_thread_answers
+from .security import FRAME_ANCESTORS, BodySizeLimit, InFlightLimit, SecurityHeaders, start_janitor
 from .service import ENDPOINTS, App, ServiceError
 from .ui import CSS, build_ui
+
+log = logging.getLogger(__name__)
+
+
+# the answers' shapes, for /docs and for clients generated from /openapi.json
+class Prediction(BaseModel):
+    label: str
+    probability: float
+
+
+class Classification(BaseModel):
+    model: str
+    predictions: list[Prediction]
+    low_confidence: bool
+    inference_ms: float
+    image_size: list[int]
+
+
+class Health(BaseModel):
+    status: str
+    models: list[str]
+    notice: str | None
+
+
+class Error(BaseModel):
+    error: str
+    models: list[str] | None = None  # with 404: the models this server has
+
+
+ERRORS = {code: {"model": Error} for code in (400, 404, 413, 422, 500, 503)}
 
 
 def error(status: int, message: str, headers: dict | None = None, **extra) -> JSONResponse:
@@ -26,7 +60,6 @@ def error(status: int, message: str, headers: dict | None = None, **extra) -> JS
 def create_app(app: App, notice: str = "", public_stats: bool = True, frame_ancestors: str = FRAME_ANCESTORS) -> FastAPI:
     limits = app.limits
     api = FastAPI(title="Image classifier", description="POST /api/classify with an image file; GET /healthz.")
-    in_flight = Busy(limits.rest_in_flight)
 
     @api.exception_handler(ServiceError)
     async def service_error(request, e: ServiceError):
@@ -41,22 +74,27 @@ def create_app(app: App, notice: str = "", public_stats: bool = True, frame_ance
     async def http_error(request, e: StarletteHTTPException):
         return error(e.status_code, str(e.detail))
 
-    @api.get("/healthz")
+    @api.exception_handler(Exception)
+    async def unexpected(request, e: Exception):
+        # the traceback goes to the log (Starlette re-raises after answering); the client gets our one shape
+        return error(500, "The server failed on this request; it was logged.")
+
+    @api.get("/healthz", response_model=Health, responses={503: {"model": Error}})
     def healthz():
+        if not torch_thread_answers(limits.health_timeout_s):
+            log.error("health check: the model thread has not answered in %s s", limits.health_timeout_s)
+            return error(503, f"The model has not answered in {limits.health_timeout_s:g} s.")
         return {"status": "ok", "models": list(app.predictors), "notice": notice or None}
 
-    @api.post(ENDPOINTS["predict"].rest.split()[1])
+    classify_path = ENDPOINTS["predict"].rest.split()[1]
+
+    @api.post(classify_path, response_model=Classification, responses=ERRORS)
     async def classify(file: UploadFile = File(...), top_k: float = 5, model: str | None = None):
-        if not in_flight.try_enter():
-            return error(503, "The server is busy; retry in a moment.", headers={"Retry-After": "1"})
-        try:
-            data = await file.read(limits.file_bytes + 1)
-            if len(data) > limits.file_bytes:
-                return error(413, f"Upload larger than {limits.file_bytes // 2**20} MB.")
-            top, inference_ms, size, predictor = await run_in_threadpool(
-                app.classify, data, f"The upload {file.filename!r}", top_k, model, "rest_classify")
-        finally:
-            in_flight.leave()
+        data = await file.read(limits.file_bytes + 1)
+        if len(data) > limits.file_bytes:
+            return error(413, f"Upload larger than {limits.file_bytes // 2**20} MB.")
+        top, inference_ms, size, predictor = await run_in_threadpool(
+            app.classify, data, f"The upload {file.filename!r}", top_k, model, "rest_classify")
         return {"model": predictor.name, "predictions": [{"label": label, "probability": p} for label, p in top],
                 "low_confidence": predictor.low_confidence(top[0][1]), "inference_ms": round(inference_ms, 2),
                 "image_size": list(size)}
@@ -65,7 +103,7 @@ def create_app(app: App, notice: str = "", public_stats: bool = True, frame_ance
     for endpoint in ENDPOINTS.values():
         if endpoint.rest and endpoint.rest.startswith("GET ") and (public_stats or endpoint.api_name != "stats"):
             api.add_api_route(endpoint.rest.split()[1], getattr(app, endpoint.api_name), methods=["GET"],
-                              summary=endpoint.summary)
+                              summary=endpoint.summary, responses=ERRORS)
 
     demo = build_ui(app, notice, public_stats)
     # two workers suit a 2-core CPU Space: one request computes while the other uploads/decodes
@@ -78,6 +116,7 @@ def create_app(app: App, notice: str = "", public_stats: bool = True, frame_ance
     # an image plus the multipart framing to REST; a batch's files together to Gradio's upload; JSON elsewhere
     body_limits = [("/api/classify", limits.file_bytes + 64 * 1024), ("/gradio_api/upload", limits.upload_request_bytes)]
     mounted.add_middleware(BodySizeLimit, routes=body_limits, default_bytes=limits.json_request_bytes)
+    mounted.add_middleware(InFlightLimit, path=classify_path, limit=limits.rest_in_flight)
     mounted.add_middleware(SecurityHeaders, frame_ancestors=frame_ancestors)
     start_janitor([app.batch_folder], limits.cleanup_every_s)
     return mounted
