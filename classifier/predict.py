@@ -81,6 +81,18 @@ def on_torch_thread(fn, *args):
     return _torch_thread.submit(fn, *args).result()
 
 
+def torch_thread_answers(timeout_s: float) -> bool:
+    """Whether the torch thread runs a no-op within `timeout_s`: False when it is wedged (or held that long by work
+    queued before it, which a health check should report as well)."""
+    if _in_torch_thread():
+        return True
+    try:
+        _torch_thread.submit(lambda: None).result(timeout_s)
+        return True
+    except TimeoutError:  # concurrent.futures' since Python 3.11
+        return False
+
+
 @dataclass
 class Sample:
     path: Path
