@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 from .augment import AUGMENT_LEVELS
 from .hardware import run_command
@@ -180,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--checkpoint-limit", type=int, default=2, help="keep this many newest checkpoints")
     out.add_argument("--resume", help="'latest' (newest checkpoint in <output-dir>/checkpoints) or a checkpoint path")
     out.add_argument("--report-to", default="none",
-                     help="experiment trackers for accelerate: tensorboard, wandb, all, ... (comma separated)")
+                     help="experiment trackers for accelerate: tensorboard, wandb, trackio, mlflow, all, ... (comma separated)")
+    out.add_argument("--project-name", help="the trackers' project (default: the dataset's name)")
+    out.add_argument("--run-name", help="the run's name in the trackers that name runs: wandb, trackio, mlflow, clearml "
+                                        "(default: <model>-<output folder name>)")
     out.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the model folder to this Hub repo")
     out.add_argument("--hub-private", action="store_true", help="create the Hub repo private")
     out.add_argument("--hub-revision", help="branch to push to (default: main)")
@@ -223,6 +227,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--freeze-epochs must be 0 or more, got {args.freeze_epochs}")
     if args.output_dir is None:
         args.output_dir = f"runs/{dataset_slug(args.dataset)}"
+    args.project_name = args.project_name or dataset_slug(args.dataset)
+    args.run_name = args.run_name or f"{args.model}-{Path(args.output_dir).name}"
     # the line that repeats this run, launcher included, for the record and the model card
     args.command = run_command(sys.argv[1:] if argv is None else [str(a) for a in argv])
     return args

@@ -311,7 +311,10 @@ def run(args) -> dict:
             started -= state.progress.history[-1]["elapsed_seconds"]
 
     run_config = {k: v for k, v in vars(args).items() if v is None or isinstance(v, (int, float, str, bool))}
-    accelerator.init_trackers("train", config=run_config)
+    # accelerate passes the project to every tracker; the run's name goes by each tracker's own keyword
+    run_names = {"wandb": {"name": args.run_name}, "trackio": {"name": args.run_name},
+                 "mlflow": {"run_name": args.run_name}, "clearml": {"task_name": args.run_name}}
+    accelerator.init_trackers(args.project_name, config=run_config, init_kwargs=run_names)
     accelerator.print(
         f"{args.model} ({training.weights.describe()}) on {args.dataset}: {len(data.train)} train / "
         f"{len(data.validation)} val{f' / {len(data.test)} test' if data.test else ''} images, {data.num_classes} "
