@@ -192,9 +192,12 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
     return demo
 
 
-def prediction_classes(prediction: dict | None) -> gr.Dropdown:
-    """The heatmap's class choices: the classes of the top-k on screen (a gr.Label's value), the top one first."""
-    return class_choices([c["label"] for c in (prediction or {}).get("confidences", [])])
+def prediction_classes(prediction: dict | str | None) -> gr.Dropdown:
+    """The heatmap's class choices: the classes of the top-k on screen, the top one first. Gradio hands a function a
+    gr.Label's value as {label: probability} (a bare label when it has no probabilities)."""
+    if isinstance(prediction, dict):
+        return class_choices(sorted(prediction, key=prediction.get, reverse=True))
+    return class_choices([str(prediction)] if prediction else [])
 
 
 def class_choices(classes: list[str]) -> gr.Dropdown:

@@ -164,3 +164,23 @@ def test_the_heatmap_is_shown_on_request(page, tmp_path):
     open_heatmap_panel(page)
     page.get_by_role("button", name="Show heatmap").click()
     expect(page.locator("#heatmap img")).to_be_visible(timeout=30_000)
+
+
+def test_a_classification_offers_its_top_classes_for_the_heatmap(page, tmp_path):
+    """Classify (and an upload) fill the heatmap's class menu with the top-k on screen, the top class chosen."""
+    page.get_by_role("tab", name="Classify").click()
+    if page.get_by_role("button", name="Remove Image").is_visible():
+        page.get_by_role("button", name="Remove Image").click()  # the answer on screen goes with it
+    expect(page.locator("#summary")).not_to_contain_text("inference", timeout=10_000)
+    image = tmp_path / "for-menu.png"
+    shape_image("blue", random.Random(31), size=64).save(image)
+    page.locator("#upload input[type=file]").set_input_files(str(image))
+    expect(page.locator("#summary")).to_contain_text("inference", timeout=30_000)
+    top = page.locator("#prediction [data-testid=label-output-value]").inner_text().strip()
+    open_heatmap_panel(page)
+    expect(page.locator("#explain-class input")).to_have_value(top, timeout=10_000)
+    page.get_by_role("button", name="Classify", exact=True).click()
+    expect(page.locator("#summary")).to_contain_text("inference", timeout=30_000)
+    expect(page.locator("#explain-class input")).to_have_value(top, timeout=10_000)
+    page.locator("#explain-class input").click()
+    expect(page.get_by_role("option")).to_have_count(int(page.locator("#top-k input[type=number]").input_value()))
