@@ -134,9 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (nesterov)")
     train.add_argument("--weight-decay", type=float,
                        help="decoupled for AdamW, L2 for SGD and Adam; not on biases and norms")
-    train.add_argument("--scheduler", choices=["onecycle", "cosine"],
-                       help="learning-rate schedule, stepped every optimizer step")
-    train.add_argument("--warmup-epochs", type=float, help="linear warm-up length (cosine) / peak position (onecycle)")
+    # 'onecycle' was this schedule's first name: a linear warm-up and decay, not torch's OneCycleLR (no momentum
+    # cycling, no cosine); recorded commands and scripts that say it keep working
+    train.add_argument("--scheduler", type=lambda name: {"onecycle": "linear"}.get(name, name),
+                       choices=["linear", "cosine"],
+                       help="learning-rate decay after the warm-up, stepped every optimizer step: linear or cosine "
+                            "('onecycle', its old name, means linear)")
+    train.add_argument("--warmup-epochs", type=float,
+                       help="epochs of linear warm-up from a tenth of the peak learning rate")
     train.add_argument("--label-smoothing", type=float, help="share of each target spread over the other classes")
     train.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
     train.add_argument("--augment", choices=AUGMENT_LEVELS,

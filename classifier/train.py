@@ -188,7 +188,7 @@ def build_optimizer(args, model, device: torch.device):
 
 
 def build_scheduler(args, optimizer, model, total_steps: int, steps_per_epoch: int):
-    """Linear warm-up to the peak lr, then `onecycle`: linear decay, or `cosine`: cosine decay, towards 0; each
+    """Linear warm-up to the peak lr, then `linear` or `cosine` decay towards 0; each
     parameter group at its layer's share of it (`lr_scale`), and all but the head at 0 for --freeze-epochs."""
     warmup = min(int(args.warmup_epochs * steps_per_epoch), total_steps - 1)
     frozen_steps = args.freeze_epochs * steps_per_epoch
@@ -197,7 +197,7 @@ def build_scheduler(args, optimizer, model, total_steps: int, steps_per_epoch: i
         if step < warmup:
             return 0.1 + 0.9 * step / warmup  # start at a tenth of the peak, like OneCycle's div_factor=10
         progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
-        if args.scheduler == "onecycle":
+        if args.scheduler == "linear":
             return 1.0 - progress * (1.0 - 1e-3)
         return 1e-3 + (1.0 - 1e-3) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
