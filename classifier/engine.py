@@ -293,8 +293,14 @@ def epoch_record(state: TrainState, epoch: int, img_size: int, batches: int, val
 
 def evaluate_split(model, loader, accelerator, mean, std, num_classes: int,
                    tta: str = "none", desc: str = "evaluate") -> tuple[dict, torch.Tensor]:
-    """Metrics and per-sample probabilities (in split order) over a split; see split_metrics."""
+    """The full report and per-sample probabilities (in split order) over a split; see split_metrics."""
     return split_metrics(*collect_view_logits(model, loader, accelerator, mean, std, tta, desc), num_classes, tta)
+
+
+def validate_split(model, loader, accelerator, mean, std, num_classes: int,
+                   tta: str = "none", desc: str = "validate") -> dict:
+    """Loss, accuracy and macro F1 over a split (quick_metrics): what an epoch's line needs."""
+    return quick_metrics(*collect_view_logits(model, loader, accelerator, mean, std, tta, desc), num_classes)
 
 
 def collect_view_logits(model, loader, accelerator, mean, std, tta: str,
@@ -322,6 +328,24 @@ def collect_view_logits(model, loader, accelerator, mean, std, tta: str,
     return logits, labels
 
 
+def mean_nll(probs: torch.Tensor, refs: torch.Tensor) -> float:
+    """The cross-entropy of the predicted distribution (the views' mean; with one view, the softmax)."""
+    return F.nll_loss(probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), refs).item()
+
+
+def quick_metrics(logits: torch.Tensor, refs: torch.Tensor, num_classes: int) -> dict:
+    """Loss, accuracy and macro F1 (as the full report computes them: every class, 0 for a class neither predicted
+    nor present) from a confusion matrix in torch. Every epoch validates: the full report (per-class lists, MCC,
+    one-vs-rest ROC-AUC through Python lists) grows with the classes and runs once, on the final split."""
+    probs = logits.softmax(-1).mean(0)
+    predicted = probs.argmax(-1)
+    confusion = torch.bincount(refs * num_classes + predicted, minlength=num_classes ** 2).view(num_classes, -1)
+    hits, shown = confusion.diag().double(), (confusion.sum(0) + confusion.sum(1)).double()  # 2tp + fp + fn
+    f1 = torch.where(shown > 0, 2 * hits / shown.clamp_min(1), 0.0)
+    return {"loss": mean_nll(probs, refs), "accuracy": (predicted == refs).double().mean().item(),
+            "f1": f1.mean().item(), "num_samples": len(refs)}
+
+
 def split_metrics(logits: torch.Tensor, refs: torch.Tensor, num_classes: int,
                   tta: str = "none") -> tuple[dict, torch.Tensor]:
     """Metrics and per-sample probabilities from the views' logits. With test-time augmentation the accuracy of
@@ -329,8 +353,7 @@ def split_metrics(logits: torch.Tensor, refs: torch.Tensor, num_classes: int,
     views = logits.softmax(-1)
     probs, single = views.mean(0), views[0]
     result = metrics_lib.compute(probs.tolist(), refs.tolist(), num_classes)
-    # the cross-entropy of the predicted distribution (the views' mean); with one view, of the softmax
-    result["loss"] = F.nll_loss(probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), refs).item()
+    result["loss"] = mean_nll(probs, refs)
     result["num_samples"] = len(refs)
     if tta != "none":
         result["tta"] = tta

@@ -1,5 +1,5 @@
 """The training run, read top to bottom as timm's train.py reads: set-up and data (`setup`), model and
-optimizer (`build_training`), the epochs (engine.train_one_epoch, engine.evaluate_split), the final
+optimizer (`build_training`), the epochs (engine.train_one_epoch, engine.validate_split), the final
 evaluation (`final_evaluation`) and the model folder (`export_run`, classifier.export).
 
 One `Accelerator` owns devices, precision, distribution, checkpoints and trackers; what N processes need
@@ -29,8 +29,8 @@ from .data import (DataError, Splits, StreamedSplit, TensorSplit, decode_split, 
 from .distributed import (RUN_ENDING, from_every_process, local_process_count, on_every_process,
                           process_group_kwargs, seed_processes, together)
 from .calibration import calibrate
-from .engine import (Plan, Recipe, collect_view_logits, epoch_record, eval_loader, evaluate_split,
-                     split_metrics, train_one_epoch)
+from .engine import (Plan, Recipe, collect_view_logits, epoch_record, eval_loader, split_metrics, train_one_epoch,
+                     validate_split)
 from .export import RunFacts, check_output_dir, write_model_folder
 from .hardware import (configure_backends, describe_hardware, guard_bf16_cpu_convolutions, resolve_compile,
                        resolve_precision)
@@ -336,8 +336,8 @@ def run(args) -> dict:
     for epoch in range(first_epoch, args.epochs):
         img_size = train_one_epoch(epoch, state, data.train, training.recipe, plan, accelerator, args, checkpoint)
         seconds = state.progress.running["seconds"]
-        val, _ = evaluate_split(state.eval_model, training.val_loader, accelerator, training.mean, training.std,
-                                data.num_classes, desc="validate")
+        val = validate_split(state.eval_model, training.val_loader, accelerator, training.mean, training.std,
+                             data.num_classes)
         record = epoch_record(state, epoch, img_size, plan.batches_per_epoch, val, started)
         accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=state.progress.optimizer_steps)
         # under progressive resizing, validation at the final size trails while the training size is small
@@ -370,9 +370,9 @@ def final_evaluation(args, accelerator: Accelerator, training: Training,
     split = "test" if training.test_loader is not None else "validation"
     loader = training.test_loader or training.val_loader
 
-    def evaluate(model):
-        return evaluate_split(model, loader, accelerator, training.mean, training.std, data.num_classes, args.tta,
-                              desc=f"{split}, {args.weights_dtype} weights")
+    def accuracy(model):
+        return validate_split(model, loader, accelerator, training.mean, training.std, data.num_classes, args.tta,
+                              desc=f"{split}, {args.weights_dtype} weights")["accuracy"]
 
     def logits(split_loader, name):
         return collect_view_logits(training.state.eval_model, split_loader, accelerator, training.mean, training.std,
@@ -394,10 +394,10 @@ def final_evaluation(args, accelerator: Accelerator, training: Training,
     if args.weights_dtype != "float32":
         # the exported weights are rounded to a 16-bit type: measure what that costs on the same split
         rounded = copy.deepcopy(exported_model(accelerator, training)).to(getattr(torch, args.weights_dtype)).float()
-        check, _ = evaluate(rounded)
-        final["exported_weights"] = {"dtype": args.weights_dtype, "accuracy": check["accuracy"]}
-        accelerator.print(f"{split} accuracy with {args.weights_dtype} weights: {100 * check['accuracy']:.2f}% "
-                          f"({100 * (check['accuracy'] - final['accuracy']):+.2f} points)")
+        rounded_accuracy = accuracy(rounded)
+        final["exported_weights"] = {"dtype": args.weights_dtype, "accuracy": rounded_accuracy}
+        accelerator.print(f"{split} accuracy with {args.weights_dtype} weights: {100 * rounded_accuracy:.2f}% "
+                          f"({100 * (rounded_accuracy - final['accuracy']):+.2f} points)")
     return split, final, probs
 
 
