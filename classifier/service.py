@@ -191,11 +191,19 @@ class App:
         self.monitor.record("samples", 1000 * (time.perf_counter() - start), model=predictor.name)
         return items
 
-    def classify_sample(self, class_name: str, top_k: int, model: str | None, evt: gr.SelectData):
-        # a click is a classification, not a gallery request: it must not count as one in the stats
-        predictor = self.predictor(model)
-        path, _ = self._gallery(predictor, class_name)[evt.index]
-        top, inference_ms, size = predictor.classify(open_rgb(path, fit=predictor.input_size), self.top_k(top_k))
+    def classify_sample(self, top_k: int, model: str | None, evt: gr.SelectData):
+        """A click on a gallery thumbnail: classifies the image the click names (`evt.value`, the item as the page
+        shows it), whatever the grid's filter is by now. Counted as a `predict` request."""
+        predictor, k = self.predictor(model), self.top_k(top_k)
+        item = evt.value if isinstance(evt.value, dict) else {}
+        image = item.get("image") if isinstance(item.get("image"), dict) else {}
+        try:
+            # the copy Gradio serves the page lives among the uploads; a model folder's files are not named
+            path = uploaded_file(image.get("path") or "")
+            top, inference_ms, size = predictor.classify(
+                self.decode(path.read_bytes(), f"The image {path.name!r}", predictor), k)
+        except (BadImageError, UploadError) as e:
+            raise BadUpload(str(e)) from None
         self.monitor.record("predict", inference_ms, top[0][0], size, model=predictor.name)
         return dict(top), summary(top, inference_ms, size, predictor)
 

@@ -110,7 +110,7 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                 with gr.Row():
                     # any model's classes are accepted through the API; the service says when one is not the model's
                     class_filter = gr.Dropdown([ALL_CLASSES, *first.label_names], value=ALL_CLASSES, label="Class",
-                                               allow_custom_value=True)
+                                               allow_custom_value=True, elem_id="class-filter")
                     gallery_k = top_k_slider(len(first.label_names), 3)
                 with gr.Row():
                     gallery = gr.Gallery(label="Samples (true class → prediction)", columns=5, height="auto", elem_id="gallery", scale=3,
@@ -118,8 +118,11 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                     with gr.Column(scale=1):
                         gallery_label = gr.Label(label="Prediction for the clicked image", elem_id="gallery-prediction")
                         gallery_info = gr.Markdown(label="Summary")
-                class_filter.change(app.samples, [class_filter, model], gallery, api_name=api_name("samples"))
-                gallery.select(app.classify_sample, [class_filter, gallery_k, model], [gallery_label, gallery_info],
+                # a refused class is an error message; the grid stays usable (an error status would cover it)
+                class_filter.change(app.samples, [class_filter, model], gallery, api_name=api_name("samples"),
+                                    show_progress="hidden")
+                # the click names its image: the filter may have changed the grid (or been refused) since it was drawn
+                gallery.select(app.classify_sample, [gallery_k, model], [gallery_label, gallery_info],
                                api_visibility="private")
 
             with gr.Tab("Where it fails"):

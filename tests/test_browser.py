@@ -184,3 +184,22 @@ def test_a_classification_offers_its_top_classes_for_the_heatmap(page, tmp_path)
     expect(page.locator("#explain-class input")).to_have_value(top, timeout=10_000)
     page.locator("#explain-class input").click()
     expect(page.get_by_role("option")).to_have_count(int(page.locator("#top-k input[type=number]").input_value()))
+
+
+def test_a_gallery_click_classifies_the_image_clicked_whatever_the_filter_says(page):
+    """The answer is for the thumbnail clicked: a class typed into the filter that the model does not have leaves
+    the grid as it was; a click then classifies the image shown (it classified by its index among the filter's
+    images: an IndexError, or another image)."""
+    page.get_by_role("tab", name="Gallery").click()
+    thumbnails = page.locator("#gallery .thumbnail-item")
+    expect(thumbnails.first).to_be_visible(timeout=30_000)
+    class_filter = page.locator("#class-filter input")
+    class_filter.fill("purple")
+    class_filter.press("Enter")
+    expect(page.get_by_text("'purple' is not a class of").first).to_be_visible(timeout=30_000)
+    for index in (7, 2):
+        caption = thumbnails.nth(index).locator(".caption-label").inner_text()
+        predicted = caption.split("→")[-1].split()[-3] if "→" in caption else caption.split()[1]
+        thumbnails.nth(index).click()
+        expect(page.locator("#gallery-prediction [data-testid=label-output-value]")).to_have_text(
+            predicted, timeout=30_000)
