@@ -6,7 +6,7 @@ import json
 import os
 import shlex
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -127,7 +127,8 @@ def write_model_folder(args, model, metrics: dict, facts: RunFacts, add_extra_fi
                           f"{args.model} on {dataset} ({final_split})")
     repo_name = args.push_to_hub or f"{args.model}-{dataset_slug(args.dataset)}"
     card = report.model_card(repo_name, args.model, dataset, preset.path if preset else None, label_names,
-                             final, final_split, public_command(args.command), args.img_size, facts.weights,
+                             final, final_split, public_command(args.command), args.img_size,
+                             replace(facts.weights, file=public_path(facts.weights.file)),
                              facts.describe(), calibration, facts.data_note)
     card.save(staging / "README.md")
     add_extra_files(staging)

@@ -170,8 +170,8 @@ def starting_point(weights) -> str:
                  f"license {weights.license}" if weights.license else ""]
         about = f" ({', '.join(a for a in about if a)})" if any(about) else ""
         return f"fine-tuned from [{weights.hub_id}](https://huggingface.co/{weights.hub_id}){about}"
-    if weights.kind == "file":
-        return f"starting from the weights file `{weights.describe().removeprefix('file:')}`"
+    if weights.kind == "file":  # as the command gave it (export shows a local path as its published record does)
+        return f"starting from the weights file `{weights.file}`"
     return "from scratch (random initial weights)"
 
 

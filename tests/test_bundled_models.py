@@ -45,3 +45,15 @@ def test_bundled_cards_name_their_dataset_without_a_local_path(folder):
     if record["weights_source"] == "scratch":
         pretrained_cfg = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
         assert not {"paper_ids", "origin_url", "license"} & set(pretrained_cfg)
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=[f.name for f in FOLDERS])
+def test_a_bundled_model_fine_tuned_from_a_file_names_that_file(folder):
+    record = json.loads((folder / "training_args.json").read_text())
+    described = (folder / "README.md").read_text().split("## Training")[0]
+    if record["weights_source"].startswith("file:"):
+        assert f"starting from the weights file `{record['pretrained_file']}`" in described
+        # a file of the project (another bundled model): its path says which one
+        assert (folder.parents[1] / record["pretrained_file"]).is_file()
+    else:
+        assert "starting from the weights file" not in described

@@ -40,6 +40,8 @@ def test_pretrained_weights_get_the_fine_tuning_recipe_and_the_head_trains_alone
     resolved = record(out)["resolved"]
     assert resolved["recipe"]["name"] == "finetune"
     assert "Recipe: fine-tuning, for weights file:resnet18-source.safetensors (--pretrained-file)" in shown
+    # the card names the file as the published record shows a path: outside the working folder, by its name
+    assert "starting from the weights file `.../resnet18-source.safetensors`" in (out / "README.md").read_text()
     # the fine-tuning values were applied where nothing was given, and what was given stayed
     applied = record(out)
     assert (applied["optimizer"], applied["lr"], applied["layer_decay"], applied["freeze_epochs"]) == (
