@@ -11,12 +11,14 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils.constants import OPTIMIZER_NAME, RNG_STATE_NAME, SAFE_MODEL_NAME
+from safetensors.torch import load_file, save_file
 
 from .distributed import agreed, together
 from .state import TrainingError, TrainState
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "training_state.json"
+EMA_FILE = "model_ema.safetensors"  # --model-ema's average: weights, saved as such (accelerate would pickle it)
 
 
 def checkpoint_dir(output_dir) -> Path:
@@ -60,6 +62,8 @@ def save_checkpoint(accelerator: Accelerator, state: TrainState, output_dir: Pat
             record = {"num_processes": accelerator.num_processes, "plan": plan, "progress": progress.state_dict(),
                       "scheduler": state.scheduler.state_dict()}
             (partial / STATE_FILE).write_text(json.dumps(record, indent=1))
+            if state.ema is not None:
+                save_file({k: v.contiguous() for k, v in state.ema.module.state_dict().items()}, partial / EMA_FILE)
             shutil.rmtree(folder, ignore_errors=True)
             partial.rename(folder)
             for old in sorted(checkpoint_dir(output_dir).glob("step_[0-9]*[0-9]"))[:-limit]:
@@ -94,13 +98,15 @@ def load_checkpoint(accelerator: Accelerator, state: TrainState, folder: Path, l
                 f"{folder} was saved mid-epoch by {record['num_processes']} process(es); resume it on as many "
                 f"(each epoch's batches are shared out among the processes), or from a checkpoint saved at the "
                 f"end of an epoch (--checkpoint-every epoch).")
-        needed = [f"{SAFE_MODEL_NAME}.safetensors", f"{OPTIMIZER_NAME}.bin"]
+        needed = [f"{SAFE_MODEL_NAME}.safetensors", f"{OPTIMIZER_NAME}.bin"] + ([EMA_FILE] if state.ema else [])
         if same_processes:  # otherwise some processes start from their seed, not a saved RNG state
             needed.append(f"{RNG_STATE_NAME}_{accelerator.process_index}.pkl")
         missing = [name for name in needed if not (folder / name).is_file()]
         if missing:
             raise TrainingError(f"{folder} is not a complete checkpoint: {', '.join(missing)} missing.")
     accelerator.load_state(str(folder))
+    if state.ema is not None:
+        state.ema.module.load_state_dict(load_file(folder / EMA_FILE, device=str(accelerator.device)))
     state.progress.load_state_dict(record["progress"])
     scheduler = state.scheduler
     scheduler.load_state_dict(record["scheduler"])

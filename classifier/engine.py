@@ -195,6 +195,9 @@ def train_step(state: TrainState, recipe: Recipe, accelerator: Accelerator, imag
             progress.skipped_steps += 1
         else:
             state.scheduler.step()
+            if state.ema is not None:  # the step count drives timm's warm-up of the decay, so resume continues it
+                state.ema.update(accelerator.unwrap_model(model, keep_torch_compile=False),
+                                 step=progress.optimizer_steps)
     mark_step(accelerator)
     return loss, logits, y
 

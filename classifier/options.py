@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs of linear warm-up from a tenth of the peak learning rate")
     train.add_argument("--label-smoothing", type=float, help="share of each target spread over the other classes")
     train.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
+    train.add_argument("--model-ema", action="store_true",
+                       help="keep an exponential moving average of the weights (timm's ModelEmaV3) and evaluate and "
+                            "export it instead of the weights themselves")
+    train.add_argument("--model-ema-decay", type=float, default=0.9998,
+                       help="the average's decay once warmed up; it starts low and grows with the steps (timm's "
+                            "warm-up: 1 - (1 + step)^-2/3), so short runs average over a few hundred steps")
     train.add_argument("--augment", choices=AUGMENT_LEVELS,
                        help="none; basic = shift + flip; strong = basic + zoom + TrivialAugment")
     train.add_argument("--random-erase", type=float, metavar="PROB",
@@ -228,6 +234,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.tta = "none" if args.augment == "none" else "flip"
     if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
         parser.error(f"--layer-decay is a factor in (0, 1], got {args.layer_decay}")
+    if not 0 < args.model_ema_decay < 1:
+        parser.error(f"--model-ema-decay is a factor in (0, 1), got {args.model_ema_decay}")
     if args.freeze_epochs < 0:
         parser.error(f"--freeze-epochs must be 0 or more, got {args.freeze_epochs}")
     if args.output_dir is None:

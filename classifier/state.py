@@ -40,14 +40,14 @@ class Progress:
 @dataclass
 class TrainState:
     """Everything training updates. A checkpoint saves all of it; every evaluation and the export use
-    `eval_model`. A new piece of training state (weight EMA, say) is added here and in the checkpoint, and
-    `eval_model` is where an averaged copy would take over evaluation and export."""
+    `eval_model`: the weights' moving average when there is one (--model-ema), else the model."""
 
     model: torch.nn.Module  # as accelerate prepared it (DDP, compiled)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     progress: Progress = field(default_factory=Progress)
+    ema: torch.nn.Module | None = None  # timm's ModelEmaV3 over the unwrapped model, updated every optimizer step
 
     @property
     def eval_model(self) -> torch.nn.Module:
-        return self.model
+        return self.ema.module if self.ema is not None else self.model

@@ -22,6 +22,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import parse_flag_from_env
 from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
 
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .data import (DataError, Splits, StreamedSplit, TensorSplit, decode_split, load_splits, local_copy_note,
@@ -285,8 +286,14 @@ def build_training(args, accelerator: Accelerator, weights: StartingWeights, dat
     model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
     if test_loader is not None:
         test_loader = accelerator.prepare(test_loader)
+    # a copy of the weights on the same device, the same on every process (DDP keeps the weights in step)
+    ema = ModelEmaV3(accelerator.unwrap_model(model, keep_torch_compile=False), decay=args.model_ema_decay,
+                     use_warmup=True) if args.model_ema else None
+    if ema is not None:
+        accelerator.print(f"Model EMA: a moving average of the weights (decay warming up to {args.model_ema_decay:g}) "
+                          f"is validated, tested and exported in place of the weights.")
     return Training(
-        TrainState(model, optimizer, scheduler), Recipe.from_args(args, data.num_classes, mean, std, device), plan,
+        TrainState(model, optimizer, scheduler, ema=ema), Recipe.from_args(args, data.num_classes, mean, std, device), plan,
         val_loader, test_loader, torch.tensor(mean, device=device), torch.tensor(std, device=device),
         weights, model_args)
 
