@@ -106,7 +106,7 @@ class Recipe:
 
     @classmethod
     def from_args(cls, args, num_classes: int, mean, std, device) -> "Recipe":
-        augment = BatchAugment(args.augment, args.img_size, mean, std, random_erase=args.random_erase, device=device)
+        augment = BatchAugment(args.augment, args.img_size, mean, std, random_erase=args.random_erase)
         mixup = None
         if args.mixup > 0 or args.cutmix > 0:
             mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.label_smoothing,
