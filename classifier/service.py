@@ -12,6 +12,7 @@ import shlex
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import gradio as gr
@@ -84,6 +85,20 @@ class App:
         # (10 concurrent 64 MP REST uploads: +931 MB peak with a semaphore, measured; see docs/PERFORMANCE.md).
         self._decoders = ThreadPoolExecutor(limits.concurrent_decodes, thread_name_prefix="decode")
 
+    @contextmanager
+    def counted(self, endpoint: str, model: str | None):
+        """Records a refusal (ServiceError) raised inside as an error of `endpoint`: every error a user or client
+        is answered counts, refused requests included. Successful requests are recorded by the handler."""
+        start = time.perf_counter()
+        try:
+            yield
+        except ServiceError as e:
+            name = model if isinstance(model, str) and model in self.predictors else None
+            if not model:
+                name = next(iter(self.predictors))
+            self.monitor.record(endpoint, 1000 * (time.perf_counter() - start), error=e.message, model=name)
+            raise
+
     def predictor(self, name: str | None) -> Predictor:
         """The one place a model name is resolved, for every endpoint."""
         if not name:
@@ -119,35 +134,37 @@ class App:
     # -- classify
     def predict(self, image_path: str | None, top_k: int = 5, model: str | None = None):
         """The Classify tab and /predict: -> ({label: probability}, a one-line summary)."""
-        if image_path is None:
-            raise ServiceError("Upload an image first.")
-        try:
-            path = uploaded_file(image_path)
-        except UploadError as e:
-            raise BadUpload(str(e)) from None
-        top, inference_ms, size, predictor = self.classify(path.read_bytes(), f"The upload {path.name!r}", top_k, model,
-                                                           "predict")
+        with self.counted("predict", model):
+            if image_path is None:
+                raise ServiceError("Upload an image first.")
+            try:
+                path = uploaded_file(image_path)
+            except UploadError as e:
+                raise BadUpload(str(e)) from None
+            data = path.read_bytes()
+        top, inference_ms, size, predictor = self.classify(data, f"The upload {path.name!r}", top_k, model, "predict")
         return dict(top), summary(top, inference_ms, size, predictor)
 
     def explain(self, image_path: str | None, class_name: str | None = None, model: str | None = None):
         """The heatmap of where the model looked for `class_name` (default: its top class) in an upload, and
         {"class", "probability", "low_confidence", "model"}. Costs one extra backward pass, only when asked."""
-        if image_path is None:
-            raise ServiceError("Upload an image first.")
-        predictor = self.predictor(model)
-        if class_name and class_name not in predictor.label_names:
-            raise ServiceError(f"{str(class_name)[:100]!r} is not a class of {predictor.name}; its classes are "
-                               f"{', '.join(predictor.label_names)}.")
-        start = time.perf_counter()
-        try:
-            path = uploaded_file(image_path)
-            image = self.decode(path.read_bytes(), f"The upload {path.name!r}", predictor)
-            index = predictor.label_names.index(class_name) if class_name else None
-            heatmap, index, probs = predictor.explain(image, index)
-        except (BadImageError, UploadError) as e:
-            raise BadUpload(str(e)) from None
-        except ExplainError as e:
-            raise ServiceError(f"No heatmap for {predictor.name}: {e}") from None
+        with self.counted("explain", model):
+            if image_path is None:
+                raise ServiceError("Upload an image first.")
+            predictor = self.predictor(model)
+            if class_name and class_name not in predictor.label_names:
+                raise ServiceError(f"{str(class_name)[:100]!r} is not a class of {predictor.name}; its classes are "
+                                   f"{', '.join(predictor.label_names)}.")
+            start = time.perf_counter()
+            try:
+                path = uploaded_file(image_path)
+                image = self.decode(path.read_bytes(), f"The upload {path.name!r}", predictor)
+                index = predictor.label_names.index(class_name) if class_name else None
+                heatmap, index, probs = predictor.explain(image, index)
+            except (BadImageError, UploadError) as e:
+                raise BadUpload(str(e)) from None
+            except ExplainError as e:
+                raise ServiceError(f"No heatmap for {predictor.name}: {e}") from None
         name = predictor.label_names[index]
         self.monitor.record("explain", 1000 * (time.perf_counter() - start), name, image.size, model=predictor.name)
         return heatmap, {"class": name, "probability": float(probs[index]), "model": predictor.name,
@@ -155,14 +172,15 @@ class App:
 
     def classify(self, data: bytes, name: str, top_k, model: str | None, endpoint: str):
         """An upload's bytes -> (top-k, milliseconds, image size, predictor), recorded in the monitor under
-        `endpoint`; raises ServiceError. Gradio's /predict and REST's /api/classify both come here."""
-        predictor, k = self.predictor(model), self.top_k(top_k)
-        start = time.perf_counter()
-        try:
-            top, inference_ms, size = predictor.classify(self.decode(data, name, predictor), k)
-        except BadImageError as e:
-            self.monitor.record(endpoint, 1000 * (time.perf_counter() - start), error=str(e), model=predictor.name)
-            raise BadUpload(str(e)) from None
+        `endpoint` (refusals as errors); raises ServiceError. Gradio's /predict and REST's /api/classify both come
+        here."""
+        with self.counted(endpoint, model):
+            predictor, k = self.predictor(model), self.top_k(top_k)
+            start = time.perf_counter()
+            try:
+                top, inference_ms, size = predictor.classify(self.decode(data, name, predictor), k)
+            except BadImageError as e:
+                raise BadUpload(str(e)) from None
         self.monitor.record(endpoint, 1000 * (time.perf_counter() - start), top[0][0], size, model=predictor.name)
         return top, inference_ms, size, predictor
 
@@ -176,34 +194,39 @@ class App:
                 self._sample_predictions[predictor.name] = list(zip(predictor.samples, tops))
             return self._sample_predictions[predictor.name]
 
-    def _gallery(self, predictor: Predictor, class_name: str) -> list[tuple[str, str]]:
+    def gallery(self, model: str | None = None, class_name: str = ALL_CLASSES) -> list[tuple[str, str]]:
+        """A model's gallery images of one class (or all), captioned; not counted (a page shows the first model's,
+        a model switch the new one's: the user asked for neither)."""
         return [(str(sample.path), caption(sample.label, top))
-                for sample, top in self._predicted_samples(predictor)
+                for sample, top in self._predicted_samples(self.predictor(model))
                 if sample.kind == "gallery" and class_name in (ALL_CLASSES, None, "", sample.label)]
 
     def samples(self, class_name: str = ALL_CLASSES, model: str | None = None):
-        predictor = self.predictor(model)
-        if class_name not in (ALL_CLASSES, None, "", *predictor.label_names):
-            raise ServiceError(f"{str(class_name)[:100]!r} is not a class of {predictor.name}; its classes are "
-                               f"{', '.join(predictor.label_names)} (or {ALL_CLASSES!r}).")
+        """The Gallery tab's class filter and /samples: the gallery, counted as a `samples` request."""
+        with self.counted("samples", model):
+            predictor = self.predictor(model)
+            if class_name not in (ALL_CLASSES, None, "", *predictor.label_names):
+                raise ServiceError(f"{str(class_name)[:100]!r} is not a class of {predictor.name}; its classes are "
+                                   f"{', '.join(predictor.label_names)} (or {ALL_CLASSES!r}).")
         start = time.perf_counter()
-        items = self._gallery(predictor, class_name)
+        items = self.gallery(predictor.name, class_name)
         self.monitor.record("samples", 1000 * (time.perf_counter() - start), model=predictor.name)
         return items
 
     def classify_sample(self, top_k: int, model: str | None, evt: gr.SelectData):
         """A click on a gallery thumbnail: classifies the image the click names (`evt.value`, the item as the page
         shows it), whatever the grid's filter is by now. Counted as a `predict` request."""
-        predictor, k = self.predictor(model), self.top_k(top_k)
-        item = evt.value if isinstance(evt.value, dict) else {}
-        image = item.get("image") if isinstance(item.get("image"), dict) else {}
-        try:
-            # the copy Gradio serves the page lives among the uploads; a model folder's files are not named
-            path = uploaded_file(image.get("path") or "")
-            top, inference_ms, size = predictor.classify(
-                self.decode(path.read_bytes(), f"The image {path.name!r}", predictor), k)
-        except (BadImageError, UploadError) as e:
-            raise BadUpload(str(e)) from None
+        with self.counted("predict", model):
+            predictor, k = self.predictor(model), self.top_k(top_k)
+            item = evt.value if isinstance(evt.value, dict) else {}
+            image = item.get("image") if isinstance(item.get("image"), dict) else {}
+            try:
+                # the copy Gradio serves the page lives among the uploads; a model folder's files are not named
+                path = uploaded_file(image.get("path") or "")
+                top, inference_ms, size = predictor.classify(
+                    self.decode(path.read_bytes(), f"The image {path.name!r}", predictor), k)
+            except (BadImageError, UploadError) as e:
+                raise BadUpload(str(e)) from None
         self.monitor.record("predict", inference_ms, top[0][0], size, model=predictor.name)
         return dict(top), summary(top, inference_ms, size, predictor)
 
@@ -216,6 +239,12 @@ class App:
 
     # -- batch
     def classify_batch(self, files: list[str] | None, top_k: int = 5, model: str | None = None):
+        with self.counted("classify_batch", model):
+            predictor, k, paths = self._batch_request(files, top_k, model)
+        return self._classify_batch(predictor, k, paths)
+
+    def _batch_request(self, files, top_k, model):
+        """A batch's checked request: (predictor, k, the upload paths); raises ServiceError."""
         if not files:
             raise ServiceError("Choose one or more image files.")
         limits = self.limits
@@ -223,11 +252,13 @@ class App:
             raise ServiceError(f"{len(files)} files in one batch; at most {limits.batch_files} are classified per "
                            "request. Send them in several batches.")
         predictor, k = self.predictor(model), self.top_k(top_k)
-        start = time.perf_counter()
         try:
-            paths = [uploaded_file(f) for f in files]
+            return predictor, k, [uploaded_file(f) for f in files]
         except UploadError as e:
             raise BadUpload(str(e)) from None
+
+    def _classify_batch(self, predictor: Predictor, k: int, paths: list):
+        limits, start = self.limits, time.perf_counter()
         # each image is reduced as soon as it is decoded, so the batch holds small images only
         images, rows, pixels = {}, [None] * len(paths), 0
         for i, path in enumerate(paths):

@@ -17,7 +17,7 @@ CSS = """
          border-radius: var(--radius-lg); padding: var(--spacing-md) var(--spacing-lg);}
 #about pre, #about code {white-space: pre-wrap; word-break: break-word;}  /* the training command wraps */
 """
-MONITOR_EVERY_S = 5  # the Monitoring tab's plots refresh themselves this often
+MONITOR_EVERY_S = 5  # the Monitoring tab's plots refresh themselves this often, while the tab is shown
 MONITOR_BUCKET_S = 10  # and count requests in buckets of this many seconds
 # one colour per endpoint in every plot (each plot would otherwise colour the endpoints it happens to show in turn)
 ENDPOINT_COLOURS = {"predict": "#4c72b0", "rest_classify": "#dd8452", "classify_batch": "#55a868",
@@ -65,6 +65,8 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
     names = list(app.predictors)
     first = app.predictors[names[0]]
     limits = app.limits
+    gallery_items = app.gallery(names[0])  # the first model's, shown from the start: a page load is not a request
+    failure_items, *plot_files = app.failures(names[0])
     # Gradio deletes the uploads and outputs it stored once they are this old, so its cache does not grow without end
     with gr.Blocks(title="Image classifier", delete_cache=(limits.cleanup_every_s, limits.temp_age_s)) as demo:
         gr.Markdown("# Image classifier\ntimm models trained with `train_accelerate.py`; every action below is "
@@ -74,7 +76,7 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
         model = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1, interactive=True,
                             elem_id="model")
 
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Classify"):
                 with gr.Row():
                     with gr.Column():
@@ -113,7 +115,8 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                                                allow_custom_value=True, elem_id="class-filter")
                     gallery_k = top_k_slider(len(first.label_names), 3)
                 with gr.Row():
-                    gallery = gr.Gallery(label="Samples (true class → prediction)", columns=5, height="auto", elem_id="gallery", scale=3,
+                    gallery = gr.Gallery(gallery_items, label="Samples (true class → prediction)", columns=5,
+                                         height="auto", elem_id="gallery", scale=3,
                                          allow_preview=False)  # a click classifies; the grid stays in view
                     with gr.Column(scale=1):
                         gallery_label = gr.Label(label="Prediction for the clicked image", elem_id="gallery-prediction")
@@ -126,13 +129,13 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                                api_visibility="private")
 
             with gr.Tab("Where it fails"):
-                failures = gr.Gallery(label="Misclassified test images (true class · top-3)", columns=5, height="auto",
-                                      elem_id="failures")
+                failures = gr.Gallery(failure_items, label="Misclassified test images (true class · top-3)",
+                                      columns=5, height="auto", elem_id="failures")
                 with gr.Row():
-                    confusion = gr.Image(label="Confusion matrix", type="filepath", interactive=False)
-                    calibration = gr.Image(label="Calibration (reliability diagram)", type="filepath",
+                    confusion = gr.Image(plot_files[0], label="Confusion matrix", type="filepath", interactive=False)
+                    calibration = gr.Image(plot_files[1], label="Calibration (reliability diagram)", type="filepath",
                                            interactive=False)
-                curves = gr.Image(label="Training curves", type="filepath", interactive=False)
+                curves = gr.Image(plot_files[2], label="Training curves", type="filepath", interactive=False)
 
             with gr.Tab("Batch"):
                 files = gr.File(file_count="multiple", label="Images")
@@ -149,7 +152,7 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
             if public_stats:
                 with gr.Tab("Monitoring"):
                     gr.Markdown(f"Requests since the server started (the last 30 minutes, in {MONITOR_BUCKET_S}-second "
-                                f"steps; refreshed every {MONITOR_EVERY_S} s).")
+                                f"steps; refreshed every {MONITOR_EVERY_S} s while this tab is shown).")
                     with gr.Row():
                         requests_plot = gr.LinePlot(x="time", y="requests", color="endpoint", x_title="time",
                                                     color_map=ENDPOINT_COLOURS,
@@ -163,9 +166,17 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                                                   y_lim=[0, None])
                         errors = gr.Markdown(label="Errors")
                     plots = [requests_plot, latency_plot, classes_plot, errors]
-                    timer = gr.Timer(MONITOR_EVERY_S)
+                    # the page polls only while this tab is shown: opening it starts the timer, any other tab stops it
+                    timer = gr.Timer(MONITOR_EVERY_S, active=False)
                     timer.tick(lambda: monitoring_plots(app), None, plots, queue=False, api_visibility="private")
-                    demo.load(lambda: monitoring_plots(app), None, plots, queue=False, api_visibility="private")
+
+        if public_stats:
+            def tab_shown(evt: gr.SelectData):
+                if evt.value == "Monitoring":
+                    return gr.Timer(active=True), *monitoring_plots(app)
+                return gr.Timer(active=False), *(gr.skip() for _ in plots)
+
+            tabs.select(tab_shown, None, [timer, *plots], queue=False, api_visibility="private")
 
         json_endpoint(app.model_info, "model_info", "Model info")
         if public_stats:
@@ -184,14 +195,13 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                 except ServiceError:
                     pass
             return (gr.Dropdown(choices=[ALL_CLASSES, *p.label_names], value=ALL_CLASSES), *sliders,
-                    app.samples(ALL_CLASSES, name), *app.failures(name), app.about_markdown(name), *prediction,
+                    app.gallery(name), *app.failures(name), app.about_markdown(name), *prediction,
                     class_choices(list(prediction[0] or {})), None, None, "", None, None)
 
         outputs = [class_filter, top_k, gallery_k, batch_k, gallery, failures, confusion, calibration, curves, about,
                    label, info, explain_class, heatmap, gallery_label, gallery_info, table, csv_file]
         inputs = [model, image, top_k, gallery_k, batch_k]
         model.change(show_model, inputs, outputs, api_visibility="private")
-        demo.load(show_model, inputs, outputs, api_visibility="private")
     return demo
 
 

@@ -117,12 +117,33 @@ def test_samples_are_filtered_by_class_with_true_and_predicted_captions(client):
 
 
 @pytest.mark.slow
-def test_model_info_and_stats(client):
+def test_model_info_and_stats(client, corpus):
+    """/stats counts exactly the requests made, errors included (a bad upload, a class the model does not have),
+    whatever ran before on the shared server: the counts are compared before and after."""
     info = client.predict(api_name="/model_info")
     assert info["label_names"] == CLASSES and info["input_size"] == 32 and info["test_time_augmentation"] == "flip"
     assert 0 <= info["metrics"]["accuracy"] <= 1 and "train_accelerate.py" in info["training_command"]
+
+    def counts(stats):
+        endpoints = stats["endpoints"]
+        return (stats["requests"], stats["errors"], stats["top1_histogram"].get("red", 0),
+                {name: (endpoints[name]["requests"], endpoints[name]["errors"]) if name in endpoints else (0, 0)
+                 for name in ("predict", "samples", "explain")})
+
+    before = counts(client.predict(api_name="/stats"))
+    for _ in range(2):
+        client.predict(handle_file(str(corpus / "rgba.png")), 2, api_name="/predict")
+    with pytest.raises(Exception, match="not an image format"):
+        client.predict(handle_file(str(corpus / "text.png")), 2, api_name="/predict")
+    client.predict("blue", api_name="/samples")
+    with pytest.raises(Exception, match="not a class of"):
+        client.predict("purple", api_name="/samples")
+    client.predict(api_name="/model_info")  # neither /model_info nor /stats is counted
     stats = client.predict(api_name="/stats")
-    assert stats["requests"] >= 1
+    after = counts(stats)
+    assert after[0] - before[0] == 5 and after[1] - before[1] == 2 and after[2] - before[2] == 2
+    assert {name: (a[0] - b[0], a[1] - b[1]) for (name, a), b in zip(after[3].items(), before[3].values())} == {
+        "predict": (3, 1), "samples": (2, 1), "explain": (0, 0)}
     assert set(stats["endpoints"]["predict"]) >= {"requests", "errors", "latency_ms_p50", "latency_ms_p95"}
 
 
@@ -435,3 +456,42 @@ def test_monitoring_plots_draw_a_single_request_and_count_a_quiet_spell_as_zero(
     assert sorted(latency["latency_ms_p50"]) == [5.0, 20.0, 40.0]
     assert dict(zip(classes["class"], classes["predictions"])) == {"cat": 1, "dog": 1}
     assert errors == "**Errors: 1** of 3 requests (samples 1)"
+
+
+def gallery_click(path: str, index: int = 0):
+    """The event data Gradio hands a gallery's select handler: the index and the item clicked, as the page has it."""
+    import gradio as gr
+
+    return gr.SelectData(None, {"index": index, "value": {"image": {"path": path}, "caption": "✓ red 90 %"}})
+
+
+def test_a_gallery_click_classifies_the_image_clicked_and_a_failed_one_is_an_error(trained):
+    """A click names its image (the index alone meant a different image once the filter had changed); a click that
+    names no image of this server is refused and counted as an error of `predict`, as users see it."""
+    import shutil
+
+    from gradio.utils import get_upload_folder
+
+    from classifier.monitor import RequestMonitor
+    from classifier.service import App, ServiceError
+
+    app = App(load_predictors(str(trained))[0], RequestMonitor())
+    predictor = next(iter(app.predictors.values()))
+    sample = next(s for s in predictor.samples if s.kind == "gallery" and s.label == "blue")
+    shown = Path(get_upload_folder()) / "test-gallery-click" / sample.path.name  # where Gradio serves it from
+    shown.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(sample.path, shown)
+    top, _ = app.classify_sample(3, None, gallery_click(str(shown), index=99))
+    expected, _, _ = predictor.classify(open_rgb_file(sample.path), 3)
+    assert list(top) == [label for label, _ in expected]
+    for path in ("/etc/passwd", str(sample.path)):  # a file of this server that no page was given
+        with pytest.raises(ServiceError, match="does not name a file"):
+            app.classify_sample(3, None, gallery_click(path))
+    stats = app.stats()["endpoints"]["predict"]
+    assert (stats["requests"], stats["errors"]) == (3, 2)
+
+
+def open_rgb_file(path):
+    from classifier.images import open_rgb
+
+    return open_rgb(str(path))

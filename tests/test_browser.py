@@ -166,6 +166,17 @@ def test_the_heatmap_is_shown_on_request(page, tmp_path):
     expect(page.locator("#heatmap img")).to_be_visible(timeout=30_000)
 
 
+def stats(server) -> dict:
+    import httpx
+
+    return httpx.get(f"{server[0]}api/stats").json()
+
+
+def endpoint_counts(stats: dict, name: str) -> tuple[int, int]:
+    endpoint = stats["endpoints"].get(name, {"requests": 0, "errors": 0})
+    return endpoint["requests"], endpoint["errors"]
+
+
 def test_a_classification_offers_its_top_classes_for_the_heatmap(page, tmp_path):
     """Classify (and an upload) fill the heatmap's class menu with the top-k on screen, the top class chosen."""
     page.get_by_role("tab", name="Classify").click()
@@ -203,3 +214,35 @@ def test_a_gallery_click_classifies_the_image_clicked_whatever_the_filter_says(p
         thumbnails.nth(index).click()
         expect(page.locator("#gallery-prediction [data-testid=label-output-value]")).to_have_text(
             predicted, timeout=30_000)
+
+
+def test_page_loads_are_not_requests_and_monitoring_polls_only_while_shown(page, server):
+    from classifier.ui import MONITOR_EVERY_S
+
+    before = stats(server)
+    page.reload()
+    expect(page.locator("#upload")).to_be_visible(timeout=30_000)
+    page.get_by_role("tab", name="Gallery").click()
+    expect(page.locator("#gallery .thumbnail-item").first).to_be_visible(timeout=30_000)
+    page.wait_for_timeout(1000)
+    assert stats(server)["requests"] == before["requests"], "a page load counted as a request"
+    # a class the model does not have is refused: the user sees an error, and it is counted as one
+    before = endpoint_counts(stats(server), "samples")
+    class_filter = page.locator("#class-filter input")
+    class_filter.fill("purple")
+    class_filter.press("Enter")
+    expect(page.get_by_text("'purple' is not a class of").first).to_be_visible(timeout=30_000)
+    assert endpoint_counts(stats(server), "samples") == (before[0] + 1, before[1] + 1)
+
+    sent = []
+    page.on("request", lambda r: sent.append(r.url) if "/gradio_api/" in r.url and "heartbeat" not in r.url else None)
+    page.get_by_role("tab", name="Monitoring").click()
+    expect(page.get_by_text("Errors:")).to_be_visible(timeout=30_000)
+    sent.clear()
+    page.wait_for_timeout(1000 * MONITOR_EVERY_S + 1500)
+    assert sent, "the Monitoring tab did not refresh itself"
+    page.get_by_role("tab", name="Classify").click()
+    page.wait_for_timeout(500)
+    sent.clear()
+    page.wait_for_timeout(1000 * MONITOR_EVERY_S + 1500)
+    assert not sent, f"the page polled while Monitoring was hidden: {sent}"
