@@ -25,10 +25,13 @@ class BatchAugment:
     `strong`: basic + random zoom-in + TrivialAugment colour/shape ops.
     `random_erase`, at any level but `none`: the probability that an image gets one box of noise (timm's
     RandomErasing, i.e. Cutout with noise), which hides a part of the object so the model cannot lean on any
-    single one."""
+    single one.
+    `crop_scale` < 1, at any level but `none`, for images cached larger than the output: each image is a random
+    crop of `crop_scale` to all of its area, aspect ratio 3/4 to 4/3 (timm's RandomResizedCrop, clamped to the
+    image where timm would retry), flipped or not, in place of the shift and the zoom."""
 
     def __init__(self, level: str, out_size: int, mean, std, max_shift: float = 0.125, trivial_group: int = 8,
-                 random_erase: float = 0.0):
+                 random_erase: float = 0.0, crop_scale: float = 1.0):
         if level not in AUGMENT_LEVELS:
             raise ValueError(f"augment level must be one of {AUGMENT_LEVELS}, got {level!r}")
         self.level, self.out_size = level, out_size
@@ -41,6 +44,7 @@ class BatchAugment:
         # on a CPU timm's per-image slices are cheaper (11 against 53 ms for 256 images at 96 px, about 2.5 % of a
         # training step there), which is not worth a second path whose draws differ
         self.erase = RandomErase(random_erase) if random_erase > 0 else None
+        self.crop_scale = crop_scale
 
     def __call__(self, images: torch.Tensor, out_size: int | None = None) -> torch.Tensor:
         """`out_size` overrides the output size for this batch (progressive resizing)."""
@@ -53,7 +57,7 @@ class BatchAugment:
         x = normalize(images, mean, std)
         if self.level == "none":
             return self._resize(x, size)
-        x = self._random_affine(x, size)
+        x = self._random_resized_crop(x, size) if self.crop_scale < 1 else self._random_affine(x, size)
         if self.erase is not None:
             x = self.erase(x)
         return x.contiguous(memory_format=torch.channels_last)
@@ -85,6 +89,28 @@ class BatchAugment:
         theta[:, :, 2] = shifts
         grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
         # reflection fills the border the way reflect-padding before a random crop does
+        return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+    def _random_resized_crop(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """Every image its own random crop (area share and aspect ratio as timm draws them), flipped or not, and
+        resized to `size`, in one grid_sample."""
+        if size < self.out_size:
+            # progressive resizing: shrink the source as much as the output (antialiased), so that each crop
+            # covers as many source pixels per output pixel as at the full size
+            x = self._resize(x, round(x.shape[-1] * size / self.out_size))
+        b, device = x.shape[0], x.device
+        area = torch.empty(b, device=device).uniform_(self.crop_scale, 1.0)
+        log_ratio = torch.empty(b, device=device).uniform_(math.log(3 / 4), math.log(4 / 3))
+        # the crop's width and height as fractions of the image's; timm retries a crop that does not fit, this
+        # clamps it (the same crops but for the few too long on one side)
+        width, height = (area * log_ratio.exp()).sqrt().clamp(max=1.0), (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+        # the crop's centre, anywhere that keeps it inside the image (grid units: the image spans -1..1)
+        centre = (torch.rand(b, 2, device=device) * 2 - 1) * torch.stack([1 - width, 1 - height], dim=1)
+        flips = torch.where(torch.rand(b, device=device) < 0.5, -1.0, 1.0)
+        theta = torch.zeros(b, 2, 3, device=device)
+        theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = width * flips, height, centre
+        grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
         return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False)
 
 

@@ -105,8 +105,12 @@ class Recipe:
     criterion: torch.nn.Module
 
     @classmethod
-    def from_args(cls, args, num_classes: int, mean, std, device) -> "Recipe":
-        augment = BatchAugment(args.augment, args.img_size, mean, std, random_erase=args.random_erase)
+    def from_args(cls, args, num_classes: int, mean, std, device, store_size: int | None = None) -> "Recipe":
+        # random-resized crops only where the cached images are larger than the input: smaller ones (CIFAR-10's
+        # 32 px for a 96 px input) have no detail to crop into
+        crop_scale = args.crop_scale if (store_size or 0) > args.img_size else 1.0
+        augment = BatchAugment(args.augment, args.img_size, mean, std, random_erase=args.random_erase,
+                               crop_scale=crop_scale)
         mixup = None
         if args.mixup > 0 or args.cutmix > 0:
             mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.label_smoothing,

@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs of linear warm-up from a tenth of the peak learning rate")
     train.add_argument("--label-smoothing", type=float, help="share of each target spread over the other classes")
     train.add_argument("--clip-grad", type=float, help="clip the gradient norm to this value")
+    train.add_argument("--crop-scale", type=float, default=1.0, metavar="MIN",
+                       help="for training images larger than --img-size: random-resized crops of MIN to all of each "
+                            "image's area (timm's scale; they are cached at up to 1.5x --img-size); 1: off")
     train.add_argument("--model-ema", action="store_true",
                        help="keep an exponential moving average of the weights (timm's ModelEmaV3) and evaluate and "
                             "export it instead of the weights themselves")
@@ -234,6 +237,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.tta = "none" if args.augment == "none" else "flip"
     if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
         parser.error(f"--layer-decay is a factor in (0, 1], got {args.layer_decay}")
+    if not 0 < args.crop_scale <= 1:
+        parser.error(f"--crop-scale is a share of the image's area in (0, 1], got {args.crop_scale}")
     if not 0 < args.model_ema_decay < 1:
         parser.error(f"--model-ema-decay is a factor in (0, 1), got {args.model_ema_decay}")
     if args.freeze_epochs < 0:

@@ -90,7 +90,9 @@ def load_data(args, accelerator: Accelerator) -> RunData:
     splits = load_splits(args.dataset, args.image_column, args.label_column, args.val_fraction, args.seed,
                          args.max_train_samples, args.max_eval_samples)
     num_classes = len(splits.label_names)
-    store_size = min(args.img_size, typical_size(splits.train, splits.image_column) or args.img_size)
+    typical = typical_size(splits.train, splits.image_column) or args.img_size
+    # images larger than the input are kept larger (up to 1.5x) for random-resized crops to cut into
+    store_size = min(typical, round(args.img_size * 1.5)) if args.crop_scale < 1 else min(args.img_size, typical)
     decode = dict(image_column=splits.image_column, label_column=splits.label_column, num_classes=num_classes,
                   skip_bad_images=args.skip_bad_images, use_cache=not args.no_data_cache, workers=args.data_workers,
                   progress=accelerator.is_local_main_process)
@@ -293,7 +295,7 @@ def build_training(args, accelerator: Accelerator, weights: StartingWeights, dat
         accelerator.print(f"Model EMA: a moving average of the weights (decay warming up to {args.model_ema_decay:g}) "
                           f"is validated, tested and exported in place of the weights.")
     return Training(
-        TrainState(model, optimizer, scheduler, ema=ema), Recipe.from_args(args, data.num_classes, mean, std, device), plan,
+        TrainState(model, optimizer, scheduler, ema=ema), Recipe.from_args(args, data.num_classes, mean, std, device, data.store_size), plan,
         val_loader, test_loader, torch.tensor(mean, device=device), torch.tensor(std, device=device),
         weights, model_args)
 
