@@ -11,6 +11,7 @@ import logging
 import shlex
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +70,34 @@ ENDPOINTS = {e.api_name: e for e in (
 # the app refuses images above this many decoded pixels (8000x8000); a JPEG counts at the 1/2, 1/4 or 1/8 scale it
 # is decoded at, so large camera JPEGs still pass. The model sees at most a few hundred pixels a side.
 UPLOAD_MAX_PIXELS = 64_000_000
+# Gradio events that run a model, all of them together, at once (a batch takes at most one of these places; ui.py
+# wires the events' queues, App.model_calls holds the places); REST requests have their own limit (Limits)
+MODEL_CALLS = 2
+
+
+class Places:
+    """At most `n` holders at once, taken in the order they were asked for (threading.Semaphore lets a newcomer
+    take a place that a waiting thread was woken for, so a steady stream of predictions could hold a batch back)."""
+
+    def __init__(self, n: int):
+        self.n, self._held, self._waiting = n, 0, deque()
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def __call__(self):
+        ticket = object()
+        with self._changed:
+            self._waiting.append(ticket)
+            self._changed.wait_for(lambda: self._waiting[0] is ticket and self._held < self.n)
+            self._waiting.popleft()
+            self._held += 1
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._held -= 1
+                self._changed.notify_all()
 
 
 class App:
@@ -84,6 +113,7 @@ class App:
         # memory there, so decodes spread over many request threads left up to a full-size image resident in each
         # (10 concurrent 64 MP REST uploads: +931 MB peak with a semaphore, measured; see docs/PERFORMANCE.md).
         self._decoders = ThreadPoolExecutor(limits.concurrent_decodes, thread_name_prefix="decode")
+        self.model_calls = Places(MODEL_CALLS)
 
     @contextmanager
     def counted(self, endpoint: str, model: str | None):
@@ -142,7 +172,9 @@ class App:
             except UploadError as e:
                 raise BadUpload(str(e)) from None
             data = path.read_bytes()
-        top, inference_ms, size, predictor = self.classify(data, f"The upload {path.name!r}", top_k, model, "predict")
+        with self.model_calls():
+            top, inference_ms, size, predictor = self.classify(data, f"The upload {path.name!r}", top_k, model,
+                                                               "predict")
         return dict(top), summary(top, inference_ms, size, predictor)
 
     def explain(self, image_path: str | None, class_name: str | None = None, model: str | None = None):
@@ -158,9 +190,10 @@ class App:
             start = time.perf_counter()
             try:
                 path = uploaded_file(image_path)
-                image = self.decode(path.read_bytes(), f"The upload {path.name!r}", predictor)
-                index = predictor.label_names.index(class_name) if class_name else None
-                heatmap, index, probs = predictor.explain(image, index)
+                with self.model_calls():
+                    image = self.decode(path.read_bytes(), f"The upload {path.name!r}", predictor)
+                    index = predictor.label_names.index(class_name) if class_name else None
+                    heatmap, index, probs = predictor.explain(image, index)
             except (BadImageError, UploadError) as e:
                 raise BadUpload(str(e)) from None
             except ExplainError as e:
@@ -190,7 +223,8 @@ class App:
         with self._samples_lock:
             if predictor.name not in self._sample_predictions:
                 images = [open_rgb(str(s.path)) for s in predictor.samples]
-                tops = predictor.classify_many(images, k=3) if images else []
+                with self.model_calls():
+                    tops = predictor.classify_many(images, k=3) if images else []
                 self._sample_predictions[predictor.name] = list(zip(predictor.samples, tops))
             return self._sample_predictions[predictor.name]
 
@@ -223,8 +257,9 @@ class App:
             try:
                 # the copy Gradio serves the page lives among the uploads; a model folder's files are not named
                 path = uploaded_file(image.get("path") or "")
-                top, inference_ms, size = predictor.classify(
-                    self.decode(path.read_bytes(), f"The image {path.name!r}", predictor), k)
+                with self.model_calls():
+                    top, inference_ms, size = predictor.classify(
+                        self.decode(path.read_bytes(), f"The image {path.name!r}", predictor), k)
             except (BadImageError, UploadError) as e:
                 raise BadUpload(str(e)) from None
         self.monitor.record("predict", inference_ms, top[0][0], size, model=predictor.name)
@@ -241,7 +276,8 @@ class App:
     def classify_batch(self, files: list[str] | None, top_k: int = 5, model: str | None = None):
         with self.counted("classify_batch", model):
             predictor, k, paths = self._batch_request(files, top_k, model)
-        return self._classify_batch(predictor, k, paths)
+        with self.model_calls():
+            return self._classify_batch(predictor, k, paths)
 
     def _batch_request(self, files, top_k, model):
         """A batch's checked request: (predictor, k, the upload paths); raises ServiceError."""

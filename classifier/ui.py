@@ -1,13 +1,15 @@
 """The Gradio Blocks of the Space. Every action a user can take is also a named API endpoint (service.ENDPOINTS)."""
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 
 import gradio as gr
 import pandas as pd
 from gradio import image_utils
 
-from .service import ALL_CLASSES, ENDPOINTS, App, ServiceError
+from .service import ALL_CLASSES, ENDPOINTS, MODEL_CALLS, App, ServiceError
 
 CSS = """
 #gallery .thumbnail-item img, #failures .thumbnail-item img {image-rendering: pixelated;}  /* 32 px samples stay crisp */
@@ -42,6 +44,38 @@ class UploadedImage(gr.Image):
         return payload.path
 
 
+# Gradio gives every event a queue of its own (its concurrency_id defaults to the function); the events that run a
+# model share one: MODEL_CALLS at once over all of them. Batches queue apart, one at a time, and take one of those
+# places (App.model_calls) when they run, so single predictions always have a place while batches wait.
+MODEL_QUEUE = dict(concurrency_id="model", concurrency_limit=MODEL_CALLS)
+BATCH_QUEUE = dict(concurrency_id="batch", concurrency_limit=1)
+
+
+class ShownModels:
+    """The model each page shows, by Gradio session, from its first model switch on. An answer computed for another
+    model (asked for before the switch, queued or still running when it came) is dropped, not shown under the new
+    model's name; pages that never switched, and API clients, get every answer."""
+
+    def __init__(self, sessions: int = 10_000):
+        self._models: OrderedDict[str, str] = OrderedDict()
+        self._lock, self._sessions = threading.Lock(), sessions
+
+    def show(self, request: gr.Request | None, model: str) -> None:
+        session = getattr(request, "session_hash", None)
+        if session:
+            with self._lock:
+                self._models[session] = model
+                self._models.move_to_end(session)
+                while len(self._models) > self._sessions:
+                    self._models.popitem(last=False)
+
+    def other_than(self, request: gr.Request | None, model: str | None) -> bool:
+        """Whether the page that sent `request` shows a model other than `model` by now."""
+        with self._lock:
+            shown = self._models.get(getattr(request, "session_hash", None))
+        return shown is not None and shown != model
+
+
 def top_k_slider(classes: int, value: int, **options) -> gr.Slider:
     return gr.Slider(1, classes, value=min(value, classes), step=1, label="Top-k", **options)
 
@@ -65,6 +99,32 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
     names = list(app.predictors)
     first = app.predictors[names[0]]
     limits = app.limits
+    shown = ShownModels()
+
+    def answer(request: gr.Request | None, model: str | None, handler, *args):
+        """`handler(*args)`, the answer of one model, for the page that sent `request`; dropped (gr.skip() leaves
+        the outputs as the model switch set them) when the page shows another model before or after it runs."""
+        if shown.other_than(request, model):
+            return gr.skip(), gr.skip()
+        result = handler(*args)
+        return (gr.skip(), gr.skip()) if shown.other_than(request, model) else result
+
+    # the events' handlers: App's, through answer(); their parameters are the API's
+    def predict(image_path: str | None, top_k: int = 5, model: str | None = None, request: gr.Request = None):
+        return answer(request, model, app.predict, image_path, top_k, model)
+
+    def explain(image_path: str | None, class_name: str | None = None, model: str | None = None,
+                request: gr.Request = None):
+        return answer(request, model, app.explain, image_path, class_name, model)
+
+    def classify_batch(files: list[str] | None, top_k: int = 5, model: str | None = None, request: gr.Request = None):
+        return answer(request, model, app.classify_batch, files, top_k, model)
+
+    def classify_sample(top_k: int, model: str | None, evt: gr.SelectData, request: gr.Request = None):
+        return answer(request, model, app.classify_sample, top_k, model, evt)
+
+    for handler in (predict, explain, classify_batch, classify_sample):
+        handler.__doc__ = getattr(App, handler.__name__).__doc__
     gallery_items = app.gallery(names[0])  # the first model's, shown from the start: a page load is not a request
     failure_items, *plot_files = app.failures(names[0])
     # Gradio deletes the uploads and outputs it stored once they are this old, so its cache does not grow without end
@@ -99,13 +159,15 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                 answers, cleared = [label, info, heatmap], (None, "", None)
                 top_classes = dict(fn=prediction_classes, inputs=label, outputs=explain_class, queue=False,
                                    api_visibility="private")
-                button.click(lambda: cleared, None, answers, queue=False, api_visibility="private").then(
-                    app.predict, [image, top_k, model], [label, info], api_name=api_name("predict")).then(**top_classes)
-                image.upload(lambda: cleared, None, answers, queue=False, api_visibility="private").then(
-                    app.predict, [image, top_k, model], [label, info], api_visibility="private").then(**top_classes)
+                classify_event = button.click(lambda: cleared, None, answers, queue=False, api_visibility="private").then(
+                    predict, [image, top_k, model], [label, info], api_name=api_name("predict"), **MODEL_QUEUE)
+                classify_event.then(**top_classes)
+                upload_event = image.upload(lambda: cleared, None, answers, queue=False, api_visibility="private").then(
+                    predict, [image, top_k, model], [label, info], api_visibility="private", **MODEL_QUEUE)
+                upload_event.then(**top_classes)
                 image.clear(lambda: cleared, None, answers, queue=False, api_visibility="private")
-                explain_button.click(app.explain, [image, explain_class, model], [heatmap, explain_details],
-                                     api_name=api_name("explain"))
+                explain_event = explain_button.click(explain, [image, explain_class, model], [heatmap, explain_details],
+                                                     api_name=api_name("explain"), **MODEL_QUEUE)
 
             with gr.Tab("Gallery"):
                 gr.Markdown("Test images drawn at random (fixed seed) from the model's dataset. Click one to classify it.")
@@ -125,8 +187,8 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                 class_filter.change(app.samples, [class_filter, model], gallery, api_name=api_name("samples"),
                                     show_progress="hidden")
                 # the click names its image: the filter may have changed the grid (or been refused) since it was drawn
-                gallery.select(app.classify_sample, [gallery_k, model], [gallery_label, gallery_info],
-                               api_visibility="private")
+                gallery_event = gallery.select(classify_sample, [gallery_k, model], [gallery_label, gallery_info],
+                                               api_visibility="private", **MODEL_QUEUE)
 
             with gr.Tab("Where it fails"):
                 failures = gr.Gallery(failure_items, label="Misclassified test images (true class · top-3)",
@@ -143,8 +205,8 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                 batch_button = gr.Button("Classify all", variant="primary")
                 table = gr.Dataframe(headers=["file", "top1", "confidence", "top_k"], label="Predictions")
                 csv_file = gr.File(label="CSV")
-                batch_button.click(app.classify_batch, [files, batch_k, model], [table, csv_file],
-                                   api_name=api_name("classify_batch"))
+                batch_event = batch_button.click(classify_batch, [files, batch_k, model], [table, csv_file],
+                                                 api_name=api_name("classify_batch"), **BATCH_QUEUE)
 
             with gr.Tab("About the model"):
                 about = gr.Markdown(app.about_markdown(names[0]), elem_id="about")
@@ -182,9 +244,11 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
         if public_stats:
             json_endpoint(app.stats, "stats", "Statistics")
 
-        def show_model(name, image_path, k_classify, k_gallery, k_batch):
+        def show_model(name, image_path, k_classify, k_gallery, k_batch, request: gr.Request = None):
             """A new model: its classes, galleries and card; the sliders keep their values (within its classes); the
-            current upload is classified again by it, and answers of the previous model are cleared."""
+            current upload is classified again by it, and answers of the previous model are cleared (those still
+            queued are cancelled, those still running dropped when they end: ShownModels)."""
+            shown.show(request, name)
             p = app.predictor(name)
             classes = len(p.label_names)
             sliders = [top_k_slider(classes, int(k)) for k in (k_classify, k_gallery, k_batch)]
@@ -201,7 +265,8 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
         outputs = [class_filter, top_k, gallery_k, batch_k, gallery, failures, confusion, calibration, curves, about,
                    label, info, explain_class, heatmap, gallery_label, gallery_info, table, csv_file]
         inputs = [model, image, top_k, gallery_k, batch_k]
-        model.change(show_model, inputs, outputs, api_visibility="private")
+        model.change(show_model, inputs, outputs, api_visibility="private",
+                     cancels=[classify_event, upload_event, explain_event, gallery_event, batch_event], **MODEL_QUEUE)
     return demo
 
 

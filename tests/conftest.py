@@ -116,6 +116,16 @@ def trained(parquet_repo, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def checkpointed_run(parquet_repo, tmp_path_factory) -> tuple[list, Path]:
+    """One uninterrupted run, 3 epochs of 6 steps, a checkpoint every 2 steps (the newest 3 kept): what a resumed
+    run must reproduce bit for bit (test_train, test_faults). -> (its arguments but --output-dir, its folder)"""
+    args = ["--dataset", parquet_repo, "--epochs", "3", "--checkpoint-every", "2", "--checkpoint-limit", "3", *FAST]
+    out = tmp_path_factory.mktemp("uninterrupted") / "model"
+    train(*args, "--output-dir", out)
+    return args, out
+
+
 @contextlib.contextmanager
 def serve(fastapi_app):
     """`fastapi_app` served by uvicorn on a free loopback port, as app.py serves it; yields the base URL."""

@@ -495,3 +495,60 @@ def open_rgb_file(path):
     from classifier.images import open_rgb
 
     return open_rgb(str(path))
+
+
+@pytest.mark.slow
+def test_model_calls_share_one_limit_and_a_batch_does_not_hold_up_predictions(trained, corpus, monkeypatch):
+    """Gradio gives every event a queue of its own; the events that run the model share one limit (docs/APP.md,
+    2 at once), and batches take at most one of those places, so a single prediction is served while batches wait.
+    Model calls are slowed down and counted in the handlers' threads, from one client's many concurrent jobs."""
+    from classifier.predict import Predictor as Served
+
+    from .conftest import create_served_app, serve
+
+    running, most, lock = [0], [0], threading.Lock()
+    delay = {"classify": 0.3, "classify_many": 0.3, "explain": 0.3}
+
+    def counted(name):
+        method = getattr(Served, name)
+
+        def run(self, *args, **kwargs):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            try:
+                time.sleep(delay[name])
+                return method(self, *args, **kwargs)
+            finally:
+                with lock:
+                    running[0] -= 1
+        return run
+
+    for name in delay:
+        monkeypatch.setattr(Served, name, counted(name))
+    with serve(create_served_app(trained)) as url:
+        client = Client(url, verbose=False)
+        image = handle_file(str(corpus / "rgba.png"))
+        most[0] = 0  # the first model's gallery is predicted while the app is built
+        jobs = [client.submit(image, 3, api_name="/predict") for _ in range(4)]
+        jobs += [client.submit(image, "red", api_name="/explain") for _ in range(4)]
+        jobs += [client.submit([image, image], 2, api_name="/classify_batch") for _ in range(4)]
+        jobs += [client.submit(image, 2, "intel-resnet18", api_name="/predict") for _ in range(4)]
+        for job in jobs:
+            job.result(timeout=120)
+        assert most[0] == 2, f"{most[0]} model calls ran at once"
+
+        delay["classify_many"] = 1.0
+        batches = [client.submit([image], 2, api_name="/classify_batch") for _ in range(4)]
+        for _ in range(500):
+            if running[0]:
+                break
+            time.sleep(0.01)
+        started = time.perf_counter()
+        label, _ = client.predict(image, 3, api_name="/predict")
+        took = time.perf_counter() - started
+        waiting = sum(not job.done() for job in batches)
+        for job in batches:
+            job.result(timeout=120)
+    assert label["label"] == "red"
+    assert took < 2 and waiting >= 2, f"a prediction took {took:.1f} s behind batches ({waiting} still queued)"

@@ -216,6 +216,66 @@ def test_a_gallery_click_classifies_the_image_clicked_whatever_the_filter_says(p
             predicted, timeout=30_000)
 
 
+def test_a_model_switch_discards_the_answer_of_the_previous_model(page, trained, tmp_path):
+    """Classify while other requests keep the model busy, then switch the model 0.6 s later: the screen ends with
+    the new model's answer, never the old one's arriving late (issue 37: 'airplane ... model cifar10-resnet18'
+    under Model = intel-resnet18)."""
+    import threading
+    import time
+
+    from gradio_client import Client, handle_file
+
+    from classifier.monitor import RequestMonitor
+    from classifier.predict import load_predictors
+    from classifier.server import create_app
+    from classifier.service import App
+
+    from .conftest import serve
+
+    slow, started, finished = threading.Event(), threading.Semaphore(0), threading.Semaphore(0)
+
+    class BusyFirstModel(App):
+        """The first model takes 3 s an answer once `slow` is set."""
+
+        def predict(self, image_path, top_k=5, model=None):
+            if not (slow.is_set() and model == "model"):
+                return super().predict(image_path, top_k, model)
+            started.release()
+            try:
+                time.sleep(3)
+                return super().predict(image_path, top_k, model)
+            finally:
+                finished.release()
+
+    image = tmp_path / "race.png"
+    shape_image("red", random.Random(5), size=32).save(image)
+    with serve(create_app(BusyFirstModel(load_predictors(str(trained))[0], RequestMonitor()))) as url:
+        other = page.context.browser.new_page()
+        other.goto(url)
+        other.wait_for_timeout(2000)  # the page's own start-up events are done
+        other.locator("#upload input[type=file]").set_input_files(str(image))
+        summary = other.locator("#summary")
+        expect(summary).to_contain_text("model model (", timeout=30_000)
+        slow.set()
+        client = Client(url, verbose=False)
+        others = [client.submit(handle_file(str(image)), 3, "model", api_name="/predict") for _ in range(2)]
+        assert all(started.acquire(timeout=30) for _ in others)  # both places of the queue are taken
+        other.get_by_role("button", name="Classify", exact=True).click()
+        other.wait_for_timeout(600)
+        other.locator("#model input").click()
+        other.get_by_role("option", name="intel-resnet18").click()
+        expect(summary).to_contain_text("model intel-resnet18 (", timeout=30_000)
+        for job in others:
+            job.result(timeout=60)
+        finished.acquire(timeout=30)
+        finished.acquire(timeout=30)
+        finished.acquire(timeout=10)  # the page's own request, if it ran
+        other.wait_for_timeout(1500)  # its answer would have arrived by now
+        shown = summary.inner_text()
+        other.close()
+    assert "model intel-resnet18 (" in shown and "model model (" not in shown, shown
+
+
 def test_page_loads_are_not_requests_and_monitoring_polls_only_while_shown(page, server):
     from classifier.ui import MONITOR_EVERY_S
 
