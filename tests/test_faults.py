@@ -27,10 +27,8 @@ def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_epoch_then_resume_latest_is_bit_identical(parquet_repo, tmp_path):
-    args = ["--dataset", parquet_repo, "--epochs", "3", "--checkpoint-every", "1", "--checkpoint-limit", "3", *FAST]
-    train(*args, "--output-dir", tmp_path / "uninterrupted")
-
+def test_kill_9_mid_epoch_then_resume_latest_is_bit_identical(checkpointed_run, tmp_path, capsys):
+    args, uninterrupted = checkpointed_run
     out = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "train_accelerate.py", *map(str, args), "--output-dir", str(out)],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -42,9 +40,17 @@ def test_kill_9_mid_epoch_then_resume_latest_is_bit_identical(parquet_repo, tmp_
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     assert not (out / "config.json").exists()
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.endswith(".partial"))
+    assert kept[-1] == "step_00000008", kept  # (step 2 too when the kill came before the oldest was removed)
+    progress = json.loads((out / "checkpoints" / "step_00000008" / "training_state.json").read_text())["progress"]
+    assert (progress["epoch"], progress["batches_done"], progress["optimizer_steps"]) == (1, 2, 8)
 
+    capsys.readouterr()
     train(*args, "--output-dir", out, "--resume", "latest")
-    expected, resumed = load_file(tmp_path / "uninterrupted" / "model.safetensors"), load_file(out / "model.safetensors")
+    # from step 8, mid-epoch 2: a kill that came late, or a resume from an older checkpoint, would prove less
+    assert f"Resumed from {out / 'checkpoints' / 'step_00000008'} (epoch 2, batch 2)." in capsys.readouterr().out
+    expected, resumed = load_file(uninterrupted / "model.safetensors"), load_file(out / "model.safetensors")
+    assert expected.keys() == resumed.keys()
     for key in expected:
         assert torch.equal(expected[key], resumed[key]), key
     history = json.loads((out / "metrics.json").read_text())["history"]
@@ -61,8 +67,11 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(parqu
 
     failed = run_cli(*args, "--epochs", "2", "--resume", "latest", "--lr", "nan")
     assert failed.returncode == 2, failed.stderr[-2000:]
-    assert "non-finite" in failed.stderr or "Loss became nan" in failed.stderr
-    assert "step" in failed.stderr or "batch" in failed.stderr
+    # resumed at step 6 (the end of epoch 1): the nan lr's first step leaves the weights nan, so the second batch
+    # of epoch 2 (index 1, as the message counts batches from 0) is the first whose loss is nan; the message names
+    # it and where the last good state is
+    assert (f"error: Loss became nan at epoch 2, batch 1. Lower --lr or enable --clip-grad; checkpoints in "
+            f"{out / 'checkpoints'} (if any) hold the last good state.\n") in failed.stderr, failed.stderr[-2000:]
     assert "Traceback" not in failed.stderr
     assert sorted((out / "checkpoints").glob("step_*"))[-1] == good  # nothing non-finite was saved
     assert not (out / "config.json").exists()
@@ -160,15 +169,32 @@ def test_a_failed_write_never_leaves_a_folder_that_looks_complete(parquet_repo, 
     assert not (out / "config.json").exists() and not (out / "model.safetensors").exists()
 
 
-@pytest.mark.slow
-def test_the_token_never_reaches_the_outputs(parquet_repo, tmp_path, monkeypatch):
-    token = "hf_NeverWriteMe0123456789"
-    monkeypatch.setenv("HF_TOKEN", token)
-    out = tmp_path / "model"
-    train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "1", "--report-to", "tensorboard", *FAST)
-    for path in out.rglob("*"):
+@pytest.mark.slow  # a training process and the Hub stand-in
+def test_the_token_never_reaches_the_outputs(parquet_repo, tmp_path):
+    """A run that reads the token: --push-to-hub checks write access with it before training and pushes with it
+    after (the stand-in takes this token only). It reaches no file of the folder, the logs, the cache, the pushed
+    repo, nor the run's output."""
+    from .hub_standin import HubStandIn
+    from .test_hub import hub_env, python
+
+    hub = HubStandIn(token="hf_NeverWriteMe0123456789").start()
+    try:
+        out, home = tmp_path / "model", tmp_path / "home"
+        result = python(hub_env(hub, home), "train_accelerate.py", "--dataset", parquet_repo, "--output-dir", out,
+                        "--epochs", "1", "--report-to", "tensorboard", "--push-to-hub", "tester/secret", *FAST)
+        assert result.returncode == 0, result.stderr[-3000:]
+        pushed = hub.repos[("model", "tester/secret")]
+    finally:
+        hub.stop()
+    assert {"config.json", "model.safetensors", "README.md", "metrics.json"} <= set(pushed.files)  # it was read
+    token = hub.token.encode()
+    assert token not in (result.stdout + result.stderr).encode()
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+    for path in [*out.rglob("*"), *home.rglob("*")]:
         if path.is_file():
-            assert token.encode() not in path.read_bytes(), path
+            assert token not in path.read_bytes(), path
+    for name, data in [*pushed.files.items(), *hub.lfs_objects.items()]:
+        assert token not in data, name
 
 
 def parquet(folder: Path, columns: dict, features: datasets.Features, split="train") -> Path:
