@@ -74,7 +74,7 @@ def run_client(url: str, image: str, requests: int, latencies: list, failures: l
     for _ in range(requests):
         start = time.perf_counter()
         try:
-            label, _ = client.predict(handle_file(image), 3, api_name="/predict")
+            label, *_ = client.predict(handle_file(image), 3, api_name="/predict")
             assert len(label["confidences"]) == 3
             latencies.append(time.perf_counter() - start)
         except Exception as e:

@@ -163,7 +163,9 @@ class App:
 
     # -- classify
     def predict(self, image_path: str | None, top_k: int = 5, model: str | None = None):
-        """The Classify tab and /predict: -> ({label: probability}, a one-line summary)."""
+        """The Classify tab and /predict: -> ({label: probability}, a one-line summary, the details as JSON with
+        REST's names: {"model", "predictions": [{"label", "probability"}], "low_confidence", "inference_ms",
+        "image_size"})."""
         with self.counted("predict", model):
             if image_path is None:
                 raise ServiceError("Upload an image first.")
@@ -175,7 +177,7 @@ class App:
         with self.model_calls():
             top, inference_ms, size, predictor = self.classify(data, f"The upload {path.name!r}", top_k, model,
                                                                "predict")
-        return dict(top), summary(top, inference_ms, size, predictor)
+        return dict(top), summary(top, inference_ms, size, predictor), details(top, inference_ms, size, predictor)
 
     def explain(self, image_path: str | None, class_name: str | None = None, model: str | None = None):
         """The heatmap of where the model looked for `class_name` (default: its top class) in an upload, and
@@ -383,6 +385,13 @@ def summary(top, inference_ms: float, size, predictor: Predictor) -> str:
     hint = f"\n\n⚠️ {LOW_CONFIDENCE_HINT.capitalize()}." if predictor.low_confidence(top[0][1]) else ""
     return (f"**{top[0][0]}** ({100 * top[0][1]:.1f} %) · inference {inference_ms:.1f} ms · "
             f"image {size[0]}×{size[1]} px · model `{predictor.name}` ({predictor.input_size} px input){hint}")
+
+
+def details(top, inference_ms: float, size, predictor: Predictor) -> dict:
+    """A classification as data, with the names of REST's answer (POST /api/classify, server.Classification)."""
+    return {"model": predictor.name, "predictions": [{"label": label, "probability": p} for label, p in top],
+            "low_confidence": predictor.low_confidence(top[0][1]), "inference_ms": round(inference_ms, 2),
+            "image_size": list(size)}
 
 
 def public_command(command: str | None) -> str | None:

@@ -101,17 +101,18 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
     limits = app.limits
     shown = ShownModels()
 
-    def answer(request: gr.Request | None, model: str | None, handler, *args):
+    def answer(request: gr.Request | None, model: str | None, handler, *args, outputs: int = 2):
         """`handler(*args)`, the answer of one model, for the page that sent `request`; dropped (gr.skip() leaves
-        the outputs as the model switch set them) when the page shows another model before or after it runs."""
+        the `outputs` as the model switch set them) when the page shows another model before or after it runs."""
+        skipped = tuple(gr.skip() for _ in range(outputs))
         if shown.other_than(request, model):
-            return gr.skip(), gr.skip()
+            return skipped
         result = handler(*args)
-        return (gr.skip(), gr.skip()) if shown.other_than(request, model) else result
+        return skipped if shown.other_than(request, model) else result
 
     # the events' handlers: App's, through answer(); their parameters are the API's
     def predict(image_path: str | None, top_k: int = 5, model: str | None = None, request: gr.Request = None):
-        return answer(request, model, app.predict, image_path, top_k, model)
+        return answer(request, model, app.predict, image_path, top_k, model, outputs=3)
 
     def explain(image_path: str | None, class_name: str | None = None, model: str | None = None,
                 request: gr.Request = None):
@@ -148,6 +149,8 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                     with gr.Column():
                         label = gr.Label(label="Prediction", elem_id="prediction")
                         info = gr.Markdown(label="Summary", elem_id="summary")
+                        # the same answer as data for API clients, with REST's names (not shown on the page)
+                        details = gr.JSON(label="Details", visible=False, elem_id="details")
                         with gr.Accordion("Where the model looked", open=False, elem_id="explain"):
                             with gr.Row():
                                 explain_class = gr.Dropdown([], label="Class (default: the top one)",
@@ -156,14 +159,14 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                             heatmap = gr.Image(label="Heatmap", type="pil", interactive=False, elem_id="heatmap")
                             explain_details = gr.JSON(label="Heatmap details", visible=False)
                 # an error must not leave the previous image's answer on screen
-                answers, cleared = [label, info, heatmap], (None, "", None)
+                answers, cleared = [label, info, details, heatmap], (None, "", None, None)
                 top_classes = dict(fn=prediction_classes, inputs=label, outputs=explain_class, queue=False,
                                    api_visibility="private")
                 classify_event = button.click(lambda: cleared, None, answers, queue=False, api_visibility="private").then(
-                    predict, [image, top_k, model], [label, info], api_name=api_name("predict"), **MODEL_QUEUE)
+                    predict, [image, top_k, model], [label, info, details], api_name=api_name("predict"), **MODEL_QUEUE)
                 classify_event.then(**top_classes)
                 upload_event = image.upload(lambda: cleared, None, answers, queue=False, api_visibility="private").then(
-                    predict, [image, top_k, model], [label, info], api_visibility="private", **MODEL_QUEUE)
+                    predict, [image, top_k, model], [label, info, details], api_visibility="private", **MODEL_QUEUE)
                 upload_event.then(**top_classes)
                 image.clear(lambda: cleared, None, answers, queue=False, api_visibility="private")
                 explain_event = explain_button.click(explain, [image, explain_class, model], [heatmap, explain_details],
@@ -252,7 +255,7 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
             p = app.predictor(name)
             classes = len(p.label_names)
             sliders = [top_k_slider(classes, int(k)) for k in (k_classify, k_gallery, k_batch)]
-            prediction = (None, "")
+            prediction = (None, "", None)
             if image_path:
                 try:
                     prediction = app.predict(image_path, min(int(k_classify), classes), name)
@@ -263,7 +266,7 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                     class_choices(list(prediction[0] or {})), None, None, "", None, None)
 
         outputs = [class_filter, top_k, gallery_k, batch_k, gallery, failures, confusion, calibration, curves, about,
-                   label, info, explain_class, heatmap, gallery_label, gallery_info, table, csv_file]
+                   label, info, details, explain_class, heatmap, gallery_label, gallery_info, table, csv_file]
         inputs = [model, image, top_k, gallery_k, batch_k]
         model.change(show_model, inputs, outputs, api_visibility="private",
                      cancels=[classify_event, upload_event, explain_event, gallery_event, batch_event], **MODEL_QUEUE)

@@ -58,7 +58,7 @@ def test_api_lists_exactly_the_public_endpoints(client):
 @pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 3, 4])
 def test_predict_returns_ordered_top_k(client, corpus, k):
-    label, info = client.predict(handle_file(str(corpus / "rgba.png")), k, api_name="/predict")
+    label, info, details = client.predict(handle_file(str(corpus / "rgba.png")), k, api_name="/predict")
     confidences = [c["confidence"] for c in label["confidences"]]
     assert len(confidences) == k
     assert confidences == sorted(confidences, reverse=True)
@@ -67,12 +67,32 @@ def test_predict_returns_ordered_top_k(client, corpus, k):
         assert sum(confidences) == pytest.approx(1.0, abs=1e-4)
         assert {c["label"] for c in label["confidences"]} == set(CLASSES)
     assert "inference" in info and "ms" in info
+    assert [p["label"] for p in details["predictions"]] == [c["label"] for c in label["confidences"]]
+
+
+@pytest.mark.slow
+def test_predict_returns_the_rest_answer_as_json(client, server, corpus):
+    """/predict's third output is REST's answer (issue 37, point 6): the same names, the same top-k, a probability
+    called `probability` in both; low_confidence, inference time, image size and model as data, not prose."""
+    path = corpus / "rgba.png"
+    _, info, details = client.predict(handle_file(str(path)), 3, api_name="/predict")
+    rest = httpx.post(f"{server[0]}api/classify", params={"top_k": 3},
+                      files={"file": (path.name, path.read_bytes(), "image/png")}).json()
+    assert set(details) == set(rest) == {"model", "predictions", "low_confidence", "inference_ms", "image_size"}
+    assert [set(p) for p in details["predictions"]] == [{"label", "probability"}] * 3
+    assert [p["label"] for p in details["predictions"]] == [p["label"] for p in rest["predictions"]]
+    for ours, theirs in zip(details["predictions"], rest["predictions"]):
+        assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-5)
+    assert (details["model"], details["image_size"], details["low_confidence"]) == (
+        rest["model"], rest["image_size"], rest["low_confidence"])
+    assert isinstance(details["inference_ms"], float) and details["inference_ms"] > 0
+    assert f"{details['inference_ms']:.1f} ms" in info and details["model"] in info
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", GOOD + GREY)
 def test_every_image_mode_is_classified_correctly(client, corpus, name):
-    label, _ = client.predict(handle_file(str(corpus / name)), 4, api_name="/predict")
+    label, _, _ = client.predict(handle_file(str(corpus / name)), 4, api_name="/predict")
     assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-4)
     # without colour (GREY) the blob's class is gone; 255-colour quantisation of the noisy background can shift
     # the small test model's guess (the decode itself is checked pixel by pixel in test_images.py)
@@ -90,7 +110,7 @@ def test_bad_uploads_get_a_clear_error_and_the_server_keeps_working(client, corp
 
     assert re.search(BAD[name], message), message
     assert "Traceback" not in message and "raised an exception" not in message
-    label, _ = client.predict(handle_file(str(corpus / "rgba.png")), 2, api_name="/predict")
+    label, _, _ = client.predict(handle_file(str(corpus / "rgba.png")), 2, api_name="/predict")
     assert label["label"] == "red"
 
 
@@ -545,7 +565,7 @@ def test_model_calls_share_one_limit_and_a_batch_does_not_hold_up_predictions(tr
                 break
             time.sleep(0.01)
         started = time.perf_counter()
-        label, _ = client.predict(image, 3, api_name="/predict")
+        label, _, _ = client.predict(image, 3, api_name="/predict")
         took = time.perf_counter() - started
         waiting = sum(not job.done() for job in batches)
         for job in batches:

@@ -97,7 +97,7 @@ def test_a_folder_without_calibration_still_serves(trained, tmp_path):
     image = tmp_path / "red.png"
     shape_image("red", random.Random(2), size=32).save(image)
     with serve(create_served_app(plain)) as url:
-        label, summary = Client(url, verbose=False).predict(handle_file(str(image)), 2, api_name="/predict")
+        label, summary, _ = Client(url, verbose=False).predict(handle_file(str(image)), 2, api_name="/predict")
     assert len(label["confidences"]) == 2 and "low confidence" not in summary
 
 
@@ -123,7 +123,7 @@ def test_the_hint_appears_exactly_under_the_threshold(trained, tmp_path):
         for name, expected in ((unsure, True), (sure, False)):
             path = tmp_path / f"{name}.png"
             images[name].save(path)
-            _, summary = client.predict(handle_file(str(path)), 1, api_name="/predict")
+            _, summary, _ = client.predict(handle_file(str(path)), 1, api_name="/predict")
             assert ("may not be one of this model's classes" in summary) is expected, (name, summary)
             rest = httpx.post(f"{url}api/classify", files={"file": (path.name, path.read_bytes(), "image/png")}).json()
             assert rest["low_confidence"] is expected
