@@ -3,9 +3,9 @@ a few words for the record.
 
 Precision and compilation are taken in this order: our own flag (`--mixed-precision`, `--compile` /
 `--no-compile`), else what accelerate was told (`accelerate config`, `accelerate launch --mixed_precision ...`
-or the ACCELERATE_* environment they set), else `auto`. `accelerate launch` always passes a precision to its
-processes, "no" when it was told nothing, so that "no" counts as told only when the launcher's command line
-or the config file it read says so.
+or the ACCELERATE_* environment they set), else `auto`. `accelerate launch` passes "no" to its processes when it
+was told nothing, and nothing tells that default from a chosen "no": accelerate's "no" reads as unset, and
+`--mixed-precision no` is how to train in float32.
 """
 from __future__ import annotations
 
@@ -89,16 +89,6 @@ def launcher_words(command: list[str]) -> list[str] | None:
     return None
 
 
-def is_accelerate_launch(command: list[str]) -> bool:
-    return (launcher_words(command) or [None])[0] == "accelerate"
-
-
-def launcher_command() -> list[str] | None:
-    """The command line of the `accelerate launch` this process runs under (its parent, or the parent's
-    parent under torch's elastic agent), or None."""
-    return next((command for command in parent_command_lines() if is_accelerate_launch(command)), None)
-
-
 def run_command(script_args: list[str], script: str = "train_accelerate.py") -> str:
     """The line that started this run, to repeat it: the `accelerate launch` or torchrun it runs under with that
     launcher's own options, else `python`. ACCELERATE_USE_CPU is written in front when accelerate did not set it
@@ -115,41 +105,12 @@ def run_command(script_args: list[str], script: str = "train_accelerate.py") -> 
     return line
 
 
-def launcher_says_precision(command: list[str]) -> bool:
-    """Whether `accelerate launch` was told a precision: on its command line, or by the config file it read
-    (any file `accelerate config` writes states one). It reads --config_file, else the default file unless --cpu."""
-    if any(part == "--mixed_precision" or part.startswith("--mixed_precision=") for part in command):
-        return True
-    config = next((command[i + 1] for i, part in enumerate(command[:-1]) if part == "--config_file"),
-                  next((part.split("=", 1)[1] for part in command if part.startswith("--config_file=")), None))
-    if config is None and "--cpu" not in command:
-        from accelerate.commands.config import default_config_file
-
-        config = default_config_file if os.path.isfile(default_config_file) else None
-    if config is None:
-        return False
-    from accelerate.commands.config import load_config_from_file
-
-    return load_config_from_file(config).mixed_precision is not None
-
-
-def accelerate_precision() -> str | None:
-    """The precision accelerate was told for this process, or None where it was told nothing."""
-    value = os.environ.get(PRECISION_ENV)
-    if value is None:
-        return None
-    command = launcher_command()
-    if command is None:  # set by hand, or by another launcher: said on purpose
-        return value
-    return value if launcher_says_precision(command) else None
-
-
 def resolve_precision(flag: str | None, device_type: str) -> tuple[str, str]:
     """-> (the precision to train in, where it came from: FROM_FLAG, FROM_ACCELERATE or FROM_AUTO)"""
     if flag is not None and flag != "auto":
         return flag, FROM_FLAG
-    told = None if flag == "auto" else accelerate_precision()
-    if told is not None:
+    told = os.environ.get(PRECISION_ENV, "no").lower() if flag is None else "no"
+    if told != "no":
         return told, FROM_ACCELERATE
     return auto_precision(device_type), FROM_FLAG if flag == "auto" else FROM_AUTO
 

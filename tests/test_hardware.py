@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from classifier import hardware
-from classifier.hardware import (auto_precision, configure_backends, is_accelerate_launch, launcher_says_precision,
+from classifier.hardware import (auto_precision, configure_backends, launcher_words, resolve_precision,
                                  resolve_compile)
 
 from .conftest import reset_accelerate_state
@@ -40,17 +40,17 @@ def launched(launcher_options: list[str], our_options: list[str], dataset: Path,
 
 @pytest.mark.slow
 def test_accelerate_launch_precision_is_used_unless_our_flag_says_otherwise(parquet_repo, tmp_path):
-    told = launched(["--mixed_precision", "no"], [], parquet_repo, tmp_path / "told")
+    told = launched(["--mixed_precision", "bf16"], [], parquet_repo, tmp_path / "told")
     assert told["resolved"]["mixed_precision_from"] == "accelerate"
-    assert (told["resolved_mixed_precision"], told["compute_dtype"]) == ("no", "float32")
+    assert (told["resolved_mixed_precision"], told["compute_dtype"]) == ("bf16", "bfloat16")  # autocast took effect
     assert told["command"].startswith("accelerate launch --num_processes 1 --num_machines 1 --dynamo_backend no "
-                                      "--mixed_precision no train_accelerate.py --dataset ")
+                                      "--mixed_precision bf16 train_accelerate.py --dataset ")
 
-    ours = launched(["--mixed_precision", "no"], ["--mixed-precision", "bf16"], parquet_repo, tmp_path / "ours")
+    ours = launched(["--mixed_precision", "bf16"], ["--mixed-precision", "no"], parquet_repo, tmp_path / "ours")
     assert ours["resolved"]["mixed_precision_from"] == "command line"
-    assert (ours["resolved_mixed_precision"], ours["compute_dtype"]) == ("bf16", "bfloat16")  # autocast took effect
+    assert (ours["resolved_mixed_precision"], ours["compute_dtype"]) == ("no", "float32")
     # resnet18's four strided convolutions (stem, first of layers 2-4) are guarded in bf16 on the CPU, none in fp32
-    assert (ours["resolved"]["fp32_on_one_pixel_maps"], told["resolved"]["fp32_on_one_pixel_maps"]) == (4, 0)
+    assert (told["resolved"]["fp32_on_one_pixel_maps"], ours["resolved"]["fp32_on_one_pixel_maps"]) == (4, 0)
 
     # a launcher told nothing passes its default "no": that is not a choice, so auto applies
     plain = launched([], [], parquet_repo, tmp_path / "plain")
@@ -78,20 +78,31 @@ def test_a_strided_convolution_on_a_one_pixel_map_gets_its_true_gradient_under_b
     assert conv.state_dict().keys() == reference.state_dict().keys()
 
 
-def test_a_launcher_told_by_its_config_file_or_command_line(tmp_path):
-    launch = ["/venv/bin/python", "/venv/bin/accelerate", "launch"]
-    assert is_accelerate_launch(launch + ["train_accelerate.py"])
-    assert is_accelerate_launch(["python", "-m", "accelerate.commands.launch", "x.py"])
-    assert not is_accelerate_launch(["python", "-m", "torch.distributed.run", "train_accelerate.py"])
-    assert launcher_says_precision(launch + ["--mixed_precision", "no", "train_accelerate.py"])
-    assert launcher_says_precision(launch + ["--mixed_precision=bf16", "train_accelerate.py"])
-    config = tmp_path / "config.yaml"  # as `accelerate config` writes one
-    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nmixed_precision: fp16\n"
-                      "num_machines: 1\nnum_processes: 1\nuse_cpu: true\n")
-    assert launcher_says_precision(launch + ["--config_file", str(config), "train_accelerate.py"])
-    assert launcher_says_precision(launch + [f"--config_file={config}", "train_accelerate.py"])
-    # HF_HOME is the tests' sandbox: no default config file there
-    assert not launcher_says_precision(launch + ["train_accelerate.py"])
+def test_the_recorded_launcher_is_the_one_a_user_types():
+    launch = ["/venv/bin/python", "/venv/bin/accelerate", "launch", "--num_processes", "2"]
+    assert launcher_words(launch + ["train_accelerate.py"]) == ["accelerate", "launch", "--num_processes", "2",
+                                                                "train_accelerate.py"]
+    assert launcher_words(["python", "-m", "accelerate.commands.launch", "x.py"]) == ["accelerate", "launch", "x.py"]
+    assert launcher_words(["python", "-m", "torch.distributed.run", "--nproc_per_node", "2", "x.py"]) == [
+        "torchrun", "--nproc_per_node", "2", "x.py"]
+    assert launcher_words(["/bin/bash", "-c", "python x.py"]) is None
+
+
+@pytest.mark.parametrize("flag, environment, expected", [
+    ("bf16", "fp16", ("bf16", "command line")),  # our flag wins
+    ("no", "bf16", ("no", "command line")),  # and is how to force float32
+    (None, "bf16", ("bf16", "accelerate")),  # accelerate's setting next
+    (None, "no", ("auto", "auto")),  # accelerate launch's default "no" is not a choice
+    (None, None, ("auto", "auto")),  # told nothing
+    ("auto", "bf16", ("auto", "command line")),  # our auto wins over accelerate's setting
+])
+def test_precision_is_our_flag_else_accelerates_setting_else_auto(monkeypatch, flag, environment, expected):
+    if environment is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", environment)
+    want = auto_precision("cpu") if expected[0] == "auto" else expected[0]
+    assert resolve_precision(flag, "cpu") == (want, expected[1])
 
 
 def test_accelerate_reads_its_own_compile_setting_when_our_flag_is_absent(monkeypatch):
