@@ -11,7 +11,7 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from classifier.calibration import calibrate, fit_temperature, probabilities
+from classifier.calibration import calibrate, fit_temperature, low_confidence_threshold, nll, probabilities
 from classifier.model import load_folder
 from classifier.predict import Predictor
 
@@ -19,13 +19,61 @@ from .conftest import FAST, create_served_app, serve, shape_image, train
 
 
 def test_a_fitted_temperature_undoes_a_known_overconfidence():
-    """Logits of a calibrated model (labels drawn from its own softmax) multiplied by 3: the fit finds T near 3."""
+    """Logits of a calibrated model (labels drawn from its own softmax) multiplied by 3: the fit finds T near 3 on
+    one set, and the record scores that T on another set, drawn apart (on its own fitting set a temperature
+    lowers the NLL by construction)."""
     generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 4000, 5, generator=generator) * 2  # two views, as with the mirror
-    labels = torch.multinomial(probabilities(logits).float(), 1, generator=generator).squeeze(1)
-    assert fit_temperature(logits * 3, labels) == pytest.approx(3, rel=0.1)
-    record = calibrate(logits * 3, labels, logits * 3, labels)
+
+    def draw(n):
+        logits = torch.randn(2, n, 5, generator=generator) * 2  # two views, as with the mirror
+        labels = torch.multinomial(probabilities(logits).float(), 1, generator=generator).squeeze(1)
+        return logits * 3, labels
+
+    fit, held_out = draw(4000), draw(3000)
+    temperature = fit_temperature(*fit)
+    assert temperature == pytest.approx(3, rel=0.1)
+    record = calibrate(*fit, *held_out)
+    assert record["temperature"] == temperature and record["num_samples"] == 3000
+    # the figures are the held-out set's, before and at the temperature fitted on the other
+    assert record["before"]["nll"] == pytest.approx(float(nll(probabilities(held_out[0]), held_out[1])), rel=1e-9)
+    assert record["after"]["nll"] == pytest.approx(float(nll(probabilities(held_out[0], temperature), held_out[1])),
+                                                   rel=1e-9)
     assert record["after"]["nll"] < record["before"]["nll"] and record["after"]["ece"] < record["before"]["ece"]
+
+
+def right_answers_at_or_above(threshold: float, probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """(the share of the right answers whose top probability is at least `threshold`, how many are right)"""
+    top, predicted = probs.max(-1)
+    right = top[predicted == labels]
+    return float((right >= threshold).double().mean()), len(right)
+
+
+def test_the_low_confidence_threshold_has_95_percent_of_the_right_validation_answers_above_it():
+    """The hint's rule (an image under the threshold is less sure than 95 % of the images the model gets right on
+    validation), for every number of right answers from 1 to 80: at most 5 % of them under it, and no lower than it
+    needs to be (once 5 % is a whole answer, the least sure right answer is under it)."""
+    generator = torch.Generator().manual_seed(1)
+    for n in range(1, 81):
+        logits = torch.randn(1, n + 7, 4, generator=generator) * 3
+        labels = logits[0].argmax(-1)
+        labels[:7] = (labels[:7] + 1) % 4  # 7 wrong answers, whose probabilities must not count
+        probs = probabilities(logits)
+        threshold = low_confidence_threshold(probs, labels)
+        share, right = right_answers_at_or_above(threshold, probs, labels)
+        assert right == n and share >= 0.95, (n, share)
+        if n >= 20:
+            assert threshold > probs.max(-1).values[7:].min(), n
+    # through calibrate: the threshold is fitted on validation, at its temperature, and the rate is the test's
+    val_logits = torch.randn(1, 200, 4, generator=generator) * 3
+    val_labels = torch.where(torch.rand(200, generator=generator) < 0.8, val_logits[0].argmax(-1), 0)
+    test_logits = torch.randn(1, 300, 4, generator=generator)
+    test_labels = test_logits[0].argmax(-1)
+    record = calibrate(val_logits, val_labels, test_logits, test_labels)
+    threshold, temperature = record["low_confidence_threshold"], record["temperature"]
+    share, right = right_answers_at_or_above(threshold, probabilities(val_logits, temperature), val_labels)
+    assert share >= 0.95 and share - 1 / right < 0.95
+    assert record["low_confidence_rate"] == pytest.approx(
+        float((probabilities(test_logits, temperature).max(-1).values < threshold).double().mean()))
 
 
 def test_a_degenerate_validation_split_keeps_the_temperature_in_range():
@@ -49,9 +97,10 @@ def test_with_the_mirror_average_the_temperature_can_move_the_class_and_the_reco
     assert (record["before"]["accuracy"], record["after"]["accuracy"]) == (0.0, 1.0)
 
 
-def test_training_fits_a_temperature_that_lowers_test_nll(trained):
-    """The run in the test suite: the temperature comes from validation and lowers the test NLL; config.json, the
-    reliability diagram and the card carry it."""
+def test_training_fits_a_temperature_that_lowers_test_nll(trained, parquet_repo):
+    """The run in the test suite: the temperature comes from validation and lowers the NLL of the test split, which it
+    never saw; the low-confidence threshold keeps 95 % of the right validation answers above it; config.json, the
+    reliability diagram and the card carry them."""
     metrics = json.loads((trained / "metrics.json").read_text())
     calibration = metrics["final"]["calibration"]
     config = json.loads((trained / "config.json").read_text())
@@ -59,7 +108,15 @@ def test_training_fits_a_temperature_that_lowers_test_nll(trained):
     assert abs(calibration["temperature"] - 1) > 0.02
     assert calibration["after"]["nll"] < calibration["before"]["nll"]
     assert config["temperature"] == pytest.approx(calibration["temperature"], rel=1e-5)
-    assert 0 < config["low_confidence_threshold"] < 1
+    # the threshold's rule on the run's own validation split, rebuilt: 95 % of the right answers at or above it (with
+    # the record's values: config.json keeps 6 decimals, which can put the answer at the threshold just under it)
+    from classifier.recalibrate import held_out_logits
+
+    assert config["low_confidence_threshold"] == pytest.approx(calibration["low_confidence_threshold"], abs=5e-7)
+    val_logits, val_labels, *_ = held_out_logits(trained, str(parquet_repo))
+    share, right = right_answers_at_or_above(calibration["low_confidence_threshold"],
+                                             probabilities(val_logits, calibration["temperature"]), val_labels)
+    assert right >= 20 and share >= 0.95 and share - 1 / right < 0.95, (share, right)
     assert (trained / "calibration.png").stat().st_size > 10_000
     card = (trained / "README.md").read_text()
     assert "## Calibration" in card and f"/ {calibration['temperature']:.4g})" in card
