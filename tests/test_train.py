@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -96,20 +97,19 @@ def test_timm_alone_reproduces_the_reported_test_accuracy(trained, parquet_repo)
 
 
 @pytest.mark.slow
-def test_resume_mid_epoch_equals_uninterrupted(parquet_repo, tmp_path):
+def test_resume_mid_epoch_equals_uninterrupted(checkpointed_run, tmp_path, capsys):
+    """From the uninterrupted run's checkpoint at step 14 (epoch 3, batch 2), into a folder of its own."""
+    args, uninterrupted = checkpointed_run
+    checkpoint = uninterrupted / "checkpoints" / "step_00000014"
     out = tmp_path / "model"
-    args = ["--dataset", parquet_repo, "--output-dir", out, "--epochs", "2", "--checkpoint-every", "2",
-            "--checkpoint-limit", "100", *FAST]
-    train(*args)
-    uninterrupted = load_file(out / "model.safetensors")
-    checkpoints = sorted((out / "checkpoints").glob("step_*"))
-    assert len(checkpoints) >= 3  # 6 steps per epoch: step 2 is mid-epoch 1
-    (out / "model.safetensors").unlink()
-    train(*args, "--resume", checkpoints[0])
-    resumed = load_file(out / "model.safetensors")
-    assert uninterrupted.keys() == resumed.keys()
-    for key in uninterrupted:
-        assert torch.equal(uninterrupted[key], resumed[key]), key
+    capsys.readouterr()
+    train(*args, "--output-dir", out, "--resume", checkpoint)
+    assert f"Resumed from {checkpoint} (epoch 3, batch 2)." in capsys.readouterr().out
+    expected, resumed = load_file(uninterrupted / "model.safetensors"), load_file(out / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        assert torch.equal(expected[key], resumed[key]), key
+    assert [h["epoch"] for h in json.loads((out / "metrics.json").read_text())["history"]] == [1, 2, 3]
 
 
 @pytest.mark.slow
@@ -338,28 +338,108 @@ def test_failed_push_says_why_and_keeps_the_folder(trained, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # torch.compile: inductor compiles the training and the evaluation graphs
 def test_compiled_training_exports_a_plain_timm_model(parquet_repo, tmp_path):
+    from torch._dynamo.utils import counters, guard_failures
+
     out = tmp_path / "model"
+    torch._dynamo.reset()
+    counters.clear()
     try:
+        # every batch of one shape per mode: training 32, evaluation 12 (24 validation and 60 test images) without
+        # the mirror view, so that nothing is compiled again for a batch size
         train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "1", "--compile", "--samples-per-class",
-              "0", "--weights-dtype", "float16", *FAST)
+              "0", "--weights-dtype", "float16", *FAST, "--eval-batch-size", "12", "--tta", "none")
+        graphs, compiled = counters["stats"]["unique_graphs"], counters["aot_autograd"]["ok"]
+        recompiles = [reason for reasons in guard_failures.values() for reason in reasons]
     finally:
         torch._dynamo.reset()  # later in-process runs start from an empty compile cache, as a new process would
-    assert json.loads((out / "training_args.json").read_text())["compile"] is True
+    # dynamo captured the model's graphs and AOTAutograd compiled them (forward and backward for training)
+    assert graphs >= 2 and compiled >= 2, dict(counters)
+    # the one recompilation is training -> evaluation (grad mode), none for a batch shape
+    assert len(recompiles) == 1 and "GLOBAL_STATE changed: grad_mode" in recompiles[0], recompiles
+    assert json.loads((out / "training_args.json").read_text())["resolved"]["dynamo_backend"] == "inductor"
     assert not [k for k in load_file(out / "model.safetensors") if "_orig_mod" in k]
     model = load_folder(out).model  # loads with timm's strict key check
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, len(CLASSES))
 
 
+def applied_gradient_norms(checkpoints: list[Path]) -> list[float]:
+    """The norm of the gradient each Adam step applied, from its first moment in the checkpoints of consecutive steps
+    (m_k = b1 m_(k-1) + (1 - b1) g_k, with m_0 = 0; without weight decay g_k is the gradient after clipping)."""
+    norms, previous = [], None
+    for folder in checkpoints:
+        saved = torch.load(folder / "optimizer.bin", weights_only=True)
+        beta1 = saved["param_groups"][0]["betas"][0]
+        moments = [state["exp_avg"].double() for _, state in sorted(saved["state"].items())]
+        previous = previous or [torch.zeros_like(m) for m in moments]
+        squares = sum(((m - beta1 * p) / (1 - beta1)).square().sum() for m, p in zip(moments, previous))
+        norms.append(squares.sqrt().item())
+        previous = moments
+    return norms
+
+
 @pytest.mark.slow
-def test_strong_augmentation_mixup_cosine_and_tensorboard(parquet_repo, tmp_path):
+def test_strong_augmentation_mixup_cosine_clipping_and_accumulation_take_effect(parquet_repo, tmp_path, monkeypatch):
+    from timm.loss import SoftTargetCrossEntropy
+    from torchvision.transforms import v2
+
+    # what the loop hands timm's mixup loss and torchvision's TrivialAugment (spied on, each still doing its work)
+    targets, trivial = [], []
+    loss_forward, trivial_forward = SoftTargetCrossEntropy.forward, v2.TrivialAugmentWide.forward
+
+    def soft_loss(self, x, target):
+        targets.append(target.detach().float().clone())
+        return loss_forward(self, x, target)
+
+    def trivial_augment(self, images):
+        augmented = trivial_forward(self, images)
+        trivial.append(not torch.equal(augmented, images))
+        return augmented
+
+    monkeypatch.setattr(SoftTargetCrossEntropy, "forward", soft_loss)
+    monkeypatch.setattr(v2.TrivialAugmentWide, "forward", trivial_augment)
     out = tmp_path / "model"
+    clip = 1.0
     train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "2", "--report-to", "tensorboard",
           "--augment", "strong", "--mixup", "0.2", "--cutmix", "1.0", "--scheduler", "cosine", "--optimizer", "adam",
-          "--lr", "1e-3", "--clip-grad", "1.0", "--gradient-accumulation-steps", "2", "--drop-rate", "0.1",
-          "--model-arg", "output_stride=16", "--model-arg", "drop_path_rate=0.05", "--weights-dtype", "float16", *FAST)
+          "--lr", "1e-3", "--weight-decay", "0", "--clip-grad", clip, "--gradient-accumulation-steps", "2",
+          "--checkpoint-every", "1", "--checkpoint-limit", "6", "--drop-rate", "0.1", "--model-arg",
+          "output_stride=16", "--model-arg", "drop_path_rate=0.05", "--weights-dtype", "float16", "--mixed-precision",
+          "no", *FAST)
     assert list((out / "logs").rglob("events.out.tfevents.*"))
+    # accumulation: 216 images, 6 batches of 32 an epoch, 2 per optimizer step: 6 steps in 2 epochs, not 12
+    checkpoints = sorted((out / "checkpoints").glob("step_*"))
+    assert [c.name for c in checkpoints] == [f"step_{k:08d}" for k in range(1, 7)]
+    records = [json.loads((c / "training_state.json").read_text()) for c in checkpoints]
+    assert [(r["progress"]["epoch"], r["progress"]["batches_done"]) for r in records] == [
+        (0, 2), (0, 4), (0, 6), (1, 2), (1, 4), (1, 6)]
+    # cosine: a linear warm-up from a tenth of the peak over the first epoch (3 steps), then half a cosine down
+    # to a thousandth of it; the lr after each step as the schedule saved it
+    lrs = [max(r["scheduler"]["_last_lr"]) for r in records]
+    cosine = [1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * p)) for p in (0, 1 / 3, 2 / 3, 1)]
+    assert lrs == pytest.approx([1e-3 * f for f in (0.4, 0.7, *cosine)], rel=1e-6)
+    # clipping: every step applied a gradient of norm --clip-grad (the model's own are larger)
+    assert applied_gradient_norms(checkpoints) == pytest.approx([clip] * 6, rel=1e-4)
+    # mixup / cutmix: every batch's targets, label smoothing taken out, are each image's label and its partner's
+    # (the batch reversed) in the proportions lam and 1 - lam, one lam per batch
+    assert len(targets) == 12
+    smoothing = json.loads((out / "training_args.json").read_text())["label_smoothing"]
+    off, on = smoothing / len(CLASSES), 1 - smoothing + smoothing / len(CLASSES)
+    mixed = 0
+    for target in targets:
+        z = (target - off) / (on - off)
+        assert torch.allclose(target.sum(-1), torch.ones(len(target)), atol=1e-5)
+        assert torch.allclose(z + z.flip(0), (z + z.flip(0)).round(), atol=1e-5)  # two labels shared by a pair
+        soft = z[(z > 1e-4) & (z < 1 - 1e-4)]
+        if len(soft):
+            mixed += 1
+            lam = soft.max()
+            assert torch.allclose(torch.minimum((soft - lam).abs(), (soft - (1 - lam)).abs()),
+                                  torch.zeros_like(soft), atol=1e-5)
+    assert mixed >= 10, mixed
+    # strong augmentation: TrivialAugment on every batch, in groups of 8 images, most of them changed
+    assert len(trivial) == 12 * 32 // 8 and sum(trivial) > len(trivial) / 2, trivial
     model_args = json.loads((out / "config.json").read_text())["model_args"]
     assert {k: model_args[k] for k in ("drop_rate", "output_stride", "drop_path_rate")} == {
         "drop_rate": 0.1, "output_stride": 16, "drop_path_rate": 0.05}
@@ -368,10 +448,20 @@ def test_strong_augmentation_mixup_cosine_and_tensorboard(parquet_repo, tmp_path
     assert rebuilt.layer4[0].conv1.stride == (1, 1) and rebuilt.feature_info[-1]["reduction"] == 16
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["history"]) == 2
-    # fp16 export: the file holds fp16 tensors and the run measured the accuracy of exactly those weights
-    assert {t.dtype for t in load_file(out / "model.safetensors").values() if t.is_floating_point()} == {torch.float16}
-    exported = metrics["final"]["exported_weights"]
-    assert exported["dtype"] == "float16" and 0 <= exported["accuracy"] <= 1
+    # fp16 export: the file holds fp16 tensors and the run measured the accuracy of exactly those weights (timm
+    # loading the file reproduces it, with the mirror view the card declares)
+    exported = load_file(out / "model.safetensors")
+    assert {t.dtype for t in exported.values() if t.is_floating_point()} == {torch.float16}
+    check = metrics["final"]["exported_weights"]
+    assert check["dtype"] == "float16"
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+    test = datasets.load_dataset(str(parquet_repo))["test"]
+    with torch.inference_mode():
+        batch = torch.stack([transform(image.convert("RGB")) for image in test["img"]])
+        probs = (model(batch).softmax(-1) + model(batch.flip(-1)).softmax(-1)) / 2
+    assert (probs.argmax(-1) == torch.tensor(test["fine_label"])).double().mean().item() == pytest.approx(
+        check["accuracy"], abs=1e-9)
 
 
 def test_compare_runs_tables_and_plots_finished_runs(trained, tmp_path, capsys):
