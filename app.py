@@ -9,12 +9,13 @@ import logging
 import os
 
 import uvicorn
+from fastapi import FastAPI
 
 from classifier.model import ModelSourceError
 from classifier.monitor import RequestMonitor
 from classifier.predict import INFERENCE_PRECISIONS, load_predictors
 from classifier.server import create_app
-from classifier.security import FRAME_ANCESTORS
+from classifier.security import FRAME_ANCESTORS, Limits
 from classifier.service import App
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,21 +32,25 @@ parser.add_argument("--frame-ancestors", default=os.environ.get("FRAME_ANCESTORS
                     help="sites allowed to embed the app in a frame (CSP frame-ancestors; env FRAME_ANCESTORS)")
 
 
-def main(argv=None) -> None:
-    args = parser.parse_args(argv)
-    # our messages (classifier.*, the request log among them) at INFO, the libraries' at WARNING: httpx and
-    # huggingface_hub's httpx2 log every HTTP request at INFO, hundreds of lines in a Space's log at each start
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("classifier").setLevel(logging.INFO)
+def build(args: argparse.Namespace, limits: Limits = Limits()) -> FastAPI:
+    """The served application for parsed options: what main() runs, and what the tests serve."""
     try:
         # an explicit --model must load; MODEL_ID (a Space's setting) falls back to the bundled models with a notice
         predictors, notice = load_predictors(args.model or os.environ.get("MODEL_ID"), args.revision,
                                              fallback=args.model is None, precision=args.inference_precision)
     except ModelSourceError as e:
         raise SystemExit(f"error: {e}")
-    app = create_app(App(predictors, RequestMonitor()), notice, public_stats=not args.private_stats,
-                     frame_ancestors=args.frame_ancestors)
-    uvicorn.run(app, host=args.host, port=args.port)
+    return create_app(App(predictors, RequestMonitor(), limits), notice, public_stats=not args.private_stats,
+                      frame_ancestors=args.frame_ancestors)
+
+
+def main(argv=None) -> None:
+    args = parser.parse_args(argv)
+    # our messages (classifier.*, the request log among them) at INFO, the libraries' at WARNING: httpx and
+    # huggingface_hub's httpx2 log every HTTP request at INFO, hundreds of lines in a Space's log at each start
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("classifier").setLevel(logging.INFO)
+    uvicorn.run(build(args), host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

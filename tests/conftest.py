@@ -148,17 +148,13 @@ def serve(fastapi_app):
         thread.join(timeout=10)
 
 
-def create_served_app(model_folder, **options):
-    """The FastAPI app app.py builds for `model_folder`; `options` go to create_app, and `limits` to App."""
-    from classifier.monitor import RequestMonitor
-    from classifier.predict import load_predictors
+def create_served_app(model_folder, *app_options: str, limits=None):
+    """The FastAPI app that `python app.py --model <model_folder> <app_options>` serves, built by app.py itself;
+    `limits` (classifier.security.Limits) replace the defaults where a test needs small ones."""
+    import app
     from classifier.security import Limits
-    from classifier.server import create_app
-    from classifier.service import App
 
-    predictors, notice = load_predictors(str(model_folder))
-    limits = options.pop("limits", Limits())
-    return create_app(App(predictors, RequestMonitor(), limits), notice, **options)
+    return app.build(app.parser.parse_args(["--model", str(model_folder), *app_options]), limits or Limits())
 
 
 @pytest.fixture(scope="session")

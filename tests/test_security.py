@@ -375,8 +375,10 @@ def test_every_response_carries_the_security_headers(url, model_folder):
 
 
 @pytest.mark.slow
-def test_stats_can_be_made_private(trained):
-    with serve(create_served_app(trained, public_stats=False)) as base:
+def test_stats_can_be_made_private_and_the_embedding_sites_chosen(trained):
+    """Both through app.py's own options (create_served_app builds the app with app.build)."""
+    with serve(create_served_app(trained, "--private-stats", "--frame-ancestors", "https://example.org")) as base:
+        assert httpx.get(base).headers["content-security-policy"] == "frame-ancestors https://example.org"
         endpoints = Client(base, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"]
         assert "/stats" not in endpoints and "/predict" in endpoints
         assert httpx.post(f"{base}gradio_api/call/stats", json={"data": []}).status_code != 200
