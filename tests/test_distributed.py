@@ -1,7 +1,7 @@
 """Two real CPU processes (torchrun, gloo): a run writes its folder once and records that two processes ran;
 evaluation counts every sample once and equals one process; each process draws its own augmentation while
 the data order is shared; a run is reproducible and resumes bit-identically after kill -9 (one test); a failure
-on one process ends both promptly with one message.
+on one process ends both promptly with one message; a rank killed outright ends the run within seconds.
 
 `accelerate launch --num_processes 2 --cpu` would start ONE process (accelerate's simple launcher), so these
 tests start torchrun with ACCELERATE_USE_CPU=1 and check from the run's own record that two processes ran."""
@@ -228,6 +228,36 @@ def test_undecodable_image_streamed_on_the_other_process_stops_both(broken_train
 def test_data_error_while_the_main_process_fills_the_cache_stops_both(broken_train_split, tmp_path):
     error = stops_together(broken_train_split, tmp_path / "out", "--data-path", "memory")
     assert f"decode train: row {BAD_ROW} (broken.png)" in error
+
+
+def test_a_rank_killed_while_the_other_waits_in_a_collective_ends_the_run(parquet_repo, tmp_path):
+    """Rank 1 is SIGKILLed mid-training; rank 0 is then waiting for it in the next reduction. The launcher ends
+    the run within seconds (not the collective's --ddp-timeout), every process is gone, and the report names the
+    killed rank once."""
+    out = tmp_path / "model"
+    command = [*LAUNCH, "train_accelerate.py", "--dataset", str(parquet_repo), "--output-dir", str(out),
+               "--epochs", "50", "--img-size", "32", "--batch-size", "16", "--no-pretrained", "--data-workers", "1",
+               "--samples-per-class", "0", "--checkpoint-every", "2", "--ddp-timeout", "600"]
+    launcher = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_00000004").exists():  # training is under way on both ranks
+        assert launcher.poll() is None and time.time() < deadline, "the run ended before a rank could be killed"
+        time.sleep(0.05)
+    workers = psutil.Process(launcher.pid).children(recursive=True)
+    ranks = {int(p.environ()["RANK"]): p for p in workers
+             if "RANK" in p.environ() and "train_accelerate.py" in " ".join(p.cmdline())}
+    assert set(ranks) == {0, 1}, ranks
+    killed_at = time.time()
+    ranks[1].send_signal(signal.SIGKILL)
+    stdout, stderr = launcher.communicate(timeout=120)
+    ended_after = time.time() - killed_at
+    assert ended_after < 60, f"the run took {ended_after:.0f} s to end"  # far below --ddp-timeout's 600
+    assert launcher.returncode != 0
+    assert not [p for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    report = stdout + stderr
+    assert report.count("Signal 9 (SIGKILL) received by PID") == 1, report[-3000:]
+    assert not (out / "config.json").exists()
 
 
 def test_two_machines_on_loopback_train_as_one_run(parquet_repo, tmp_path):
