@@ -11,7 +11,8 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from classifier.calibration import calibrate, fit_temperature, low_confidence_threshold, nll, probabilities
+from classifier.calibration import (calibrate, calibration_metrics, fit_temperature, low_confidence_threshold, nll,
+                                    probabilities)
 from classifier.model import load_folder
 from classifier.predict import Predictor
 
@@ -74,6 +75,15 @@ def test_the_low_confidence_threshold_has_95_percent_of_the_right_validation_ans
     assert share >= 0.95 and share - 1 / right < 0.95
     assert record["low_confidence_rate"] == pytest.approx(
         float((probabilities(test_logits, temperature).max(-1).values < threshold).double().mean()))
+
+
+def test_the_calibration_error_is_the_binned_gap_between_confidence_and_accuracy():
+    # two sure answers (0.9), one of them wrong; two unsure ones (0.45), both right: half the images in each bin
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.45, 0.3, 0.25], [0.45, 0.3, 0.25]],
+                         dtype=torch.float64)
+    record = calibration_metrics(probs, torch.tensor([0, 1, 0, 0]))
+    assert record["ece"] == pytest.approx(0.5 * abs(0.9 - 0.5) + 0.5 * abs(0.45 - 1.0))
+    assert [c for c in record["bin_count"] if c] == [2, 2] and record["accuracy"] == 0.75
 
 
 def test_a_degenerate_validation_split_keeps_the_temperature_in_range():

@@ -202,7 +202,7 @@ def test_push_with_a_bad_token_or_no_server(hub, trained, tmp_path):
 # training's own packages (requirements.txt over requirements-space.txt) -> import name; tqdm is left out:
 # huggingface_hub installs it anyway
 TRAINING_ONLY = {"datasets": "datasets", "accelerate": "accelerate", "evaluate": "evaluate",
-                 "scikit-learn": "sklearn", "torchmetrics": "torchmetrics"}
+                 "scikit-learn": "sklearn"}
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
