@@ -237,6 +237,15 @@ class App:
                 for sample, top in self._predicted_samples(self.predictor(model))
                 if sample.kind == "gallery" and class_name in (ALL_CLASSES, None, "", sample.label)]
 
+    def examples(self, model: str | None = None) -> list[str]:
+        """The Classify tab's examples: a model's first gallery image of each of its classes, in the classes'
+        order (a first visit is one click from an answer); not counted."""
+        first = {}
+        for sample in self.predictor(model).samples:
+            if sample.kind == "gallery":
+                first.setdefault(sample.label, str(sample.path))
+        return [first[name] for name in self.predictor(model).label_names if name in first]
+
     def samples(self, class_name: str = ALL_CLASSES, model: str | None = None):
         """The Gallery tab's class filter and /samples: the gallery, counted as a `samples` request."""
         with self.counted("samples", model):

@@ -146,6 +146,10 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                                               height=320, elem_id="upload")
                         top_k = top_k_slider(len(first.label_names), 5, elem_id="top-k")
                         button = gr.Button("Classify", variant="primary")
+                        # the model's own test images, one per class; they follow the model menu
+                        examples = gr.Dataset(components=[image], samples=example_rows(app, names[0]), type="index",
+                                              label="Examples: the model's test images, one per class (click one)",
+                                              samples_per_page=12, layout="gallery", elem_id="examples")
                     with gr.Column():
                         label = gr.Label(label="Prediction", elem_id="prediction")
                         info = gr.Markdown(label="Summary", elem_id="summary")
@@ -169,6 +173,15 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                     predict, [image, top_k, model], [label, info, details], api_visibility="private", **MODEL_QUEUE)
                 upload_event.then(**top_classes)
                 image.clear(lambda: cleared, None, answers, queue=False, api_visibility="private")
+
+                def pick_example(index: int, model_name: str | None):
+                    paths = app.examples(model_name)
+                    return (paths[index] if isinstance(index, int) and 0 <= index < len(paths) else None), *cleared
+
+                example_event = examples.click(pick_example, [examples, model], [image, *answers], queue=False,
+                                               api_visibility="private").then(
+                    predict, [image, top_k, model], [label, info, details], api_visibility="private", **MODEL_QUEUE)
+                example_event.then(**top_classes)
                 explain_event = explain_button.click(explain, [image, explain_class, model], [heatmap, explain_details],
                                                      api_name=api_name("explain"), **MODEL_QUEUE)
 
@@ -262,15 +275,20 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                 except ServiceError:
                     pass
             return (gr.Dropdown(choices=[ALL_CLASSES, *p.label_names], value=ALL_CLASSES), *sliders,
+                    gr.Dataset(samples=example_rows(app, name)),
                     app.gallery(name), *app.failures(name), app.about_markdown(name), *prediction,
                     class_choices(list(prediction[0] or {})), None, None, "", None, None)
 
-        outputs = [class_filter, top_k, gallery_k, batch_k, gallery, failures, confusion, calibration, curves, about,
+        outputs = [class_filter, top_k, gallery_k, batch_k, examples, gallery, failures, confusion, calibration, curves, about,
                    label, info, details, explain_class, heatmap, gallery_label, gallery_info, table, csv_file]
         inputs = [model, image, top_k, gallery_k, batch_k]
         model.change(show_model, inputs, outputs, api_visibility="private",
-                     cancels=[classify_event, upload_event, explain_event, gallery_event, batch_event], **MODEL_QUEUE)
+                     cancels=[classify_event, upload_event, example_event, explain_event, gallery_event, batch_event], **MODEL_QUEUE)
     return demo
+
+
+def example_rows(app: App, model: str) -> list[list[str]]:
+    return [[path] for path in app.examples(model)]
 
 
 def prediction_classes(prediction: dict | str | None) -> gr.Dropdown:

@@ -306,3 +306,34 @@ def test_page_loads_are_not_requests_and_monitoring_polls_only_while_shown(page,
     sent.clear()
     page.wait_for_timeout(1000 * MONITOR_EVERY_S + 1500)
     assert not sent, f"the page polled while Monitoring was hidden: {sent}"
+
+
+def new_page(page, url: str, width: int):
+    """Another page of the same browser, `width` px wide (1280: a laptop; 390: a phone)."""
+    other = page.context.browser.new_page(viewport={"width": width, "height": 900})
+    other.goto(url)
+    return other
+
+
+INTEL = re.compile("buildings|forest|glacier|mountain|sea|street")
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_an_example_is_one_click_from_an_answer_and_follows_the_model(page, server, width):
+    """Classify shows the model's shipped test images, one per class; a click classifies one; another model shows
+    its own (issue 37, point 11)."""
+    other = new_page(page, server[0], width)
+    examples = other.locator("#examples button.gallery-item")
+    expect(examples).to_have_count(4, timeout=30_000)  # the test model's four classes
+    expect(other.locator("#summary")).not_to_contain_text("inference")
+    examples.nth(2).click()
+    expect(other.locator("#summary")).to_contain_text("model model (", timeout=30_000)
+    expect(other.locator("#prediction .confidence-set").first).to_be_visible()
+    other.locator("#model input").click()
+    other.get_by_role("option", name="intel-resnet18").click()
+    expect(examples).to_have_count(6, timeout=30_000)  # the Intel model's six
+    examples.nth(1).click()
+    expect(other.locator("#summary")).to_contain_text("model intel-resnet18 (", timeout=30_000)
+    expect(other.locator("#prediction")).to_contain_text(INTEL, timeout=30_000)
+    other.close()
+
