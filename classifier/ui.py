@@ -15,7 +15,7 @@ CSS = """
 #gallery .thumbnail-item img, #failures .thumbnail-item img {image-rendering: pixelated;}  /* 32 px samples stay crisp */
 #upload img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;}  /* small photos fill the box */
 #gallery .caption-label, #failures .caption-label {white-space: normal; max-width: 100%; opacity: .9;}  /* whole captions */
-#notice {background: var(--color-yellow-50, #fffbeb); border: 1px solid var(--color-yellow-300, #fcd34d);
+.notice {background: var(--color-yellow-50, #fffbeb); border: 1px solid var(--color-yellow-300, #fcd34d);
          border-radius: var(--radius-lg); padding: var(--spacing-md) var(--spacing-lg);}
 #about pre, #about code {white-space: pre-wrap; word-break: break-word;}  /* the training command wraps */
 """
@@ -133,7 +133,9 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
         gr.Markdown("# Image classifier\ntimm models trained with `train_accelerate.py`; every action below is "
                     "also an API endpoint (see *Use via API* at the bottom).")
         if notice:
-            gr.Markdown(f"⚠️ {notice}", elem_id="notice")
+            gr.Markdown(f"⚠️ {notice}", elem_id="notice", elem_classes="notice")
+        # a link's ?model= that names no model served says so here (visible only then)
+        link_notice = gr.Markdown(visible=False, elem_id="link-notice", elem_classes="notice")
         model = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1, interactive=True,
                             elem_id="model")
 
@@ -256,6 +258,20 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
 
             tabs.select(tab_shown, None, [timer, *plots], queue=False, api_visibility="private")
 
+        def open_link(request: gr.Request):
+            """A deep link, `?model=<name>`, opens the page on that model (the menu's change shows it); a name that
+            is not served leaves the first model and says so."""
+            wanted = request.query_params.get("model") if request else None
+            if not wanted or wanted == names[0]:
+                return gr.skip(), gr.skip()
+            if wanted in app.predictors:
+                return wanted, gr.skip()
+            shown_name = wanted[:100].replace("`", "'")
+            return gr.skip(), gr.Markdown(f"⚠️ The link asks for the model `{shown_name}`, which this app does not "
+                                          f"serve; showing `{names[0]}`. Models: {', '.join(names)}.", visible=True)
+
+        demo.load(open_link, None, [model, link_notice], queue=False, api_visibility="private",
+                  show_progress="hidden")
         json_endpoint(app.model_info, "model_info", "Model info")
         if public_stats:
             json_endpoint(app.stats, "stats", "Statistics")

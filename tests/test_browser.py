@@ -337,3 +337,25 @@ def test_an_example_is_one_click_from_an_answer_and_follows_the_model(page, serv
     expect(other.locator("#prediction")).to_contain_text(INTEL, timeout=30_000)
     other.close()
 
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_a_link_opens_the_page_on_its_model(page, server, width):
+    """`?model=<name>` opens the page on that model; a name not served leaves the first model and says so, and the
+    page works as usual (issue 37, point 14)."""
+    other = new_page(page, f"{server[0]}?model=intel-resnet18", width)
+    expect(other.locator("#model input")).to_have_value("intel-resnet18", timeout=30_000)
+    expect(other.locator("#examples button.gallery-item")).to_have_count(6, timeout=30_000)
+    if width > 1000:  # on a phone the tabs past the first few sit in an overflow menu
+        other.get_by_role("tab", name="About the model").click()
+        expect(other.locator("#about")).to_contain_text("intel-resnet18", timeout=10_000)
+    expect(other.locator("#link-notice")).to_have_count(0)
+    other.close()
+
+    other = new_page(page, f"{server[0]}?model=nope", width)
+    notice = other.locator("#link-notice")
+    expect(notice).to_contain_text("nope", timeout=30_000)
+    expect(notice).to_contain_text("showing model")
+    expect(other.locator("#model input")).to_have_value("model")
+    other.locator("#examples button.gallery-item").first.click()
+    expect(other.locator("#summary")).to_contain_text("model model (", timeout=30_000)
+    other.close()
