@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from classifier.data import memory_budget
 from classifier.engine import train_batches
 
-from .conftest import CLASSES, make_examples
+from .helpers import CLASSES, make_examples
 
 pytestmark = pytest.mark.slow  # torchrun and launcher processes
 
@@ -264,7 +264,7 @@ def test_two_machines_on_loopback_train_as_one_run(parquet_repo, tmp_path):
     """The 2-machine launch line of README's "Launching" and docs/TRAINING.md (accelerate launch --multi_gpu
     --num_machines 2 --machine_rank R --main_process_ip --main_process_port), both "machines" on this one over
     loopback with one CPU process each (ACCELERATE_USE_CPU=1): the wiring across machines, not a network or GPUs."""
-    from .conftest import free_port
+    from .helpers import free_port
 
     port = free_port()
     out = tmp_path / "model"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import FAST, train
+from .helpers import FAST, train
 
 pytestmark = pytest.mark.slow
 

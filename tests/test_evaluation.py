@@ -4,7 +4,7 @@ import torch
 
 from classifier import metrics as metrics_lib
 from classifier.engine import quick_metrics, split_metrics
-from tests.conftest import FAST, train
+from .helpers import FAST, train
 
 
 @pytest.mark.parametrize("views", [1, 2])

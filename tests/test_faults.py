@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from classifier.data import DataError, load_splits
 
-from .conftest import CLASSES, FAST, make_examples, reset_accelerate_state, train
+from .helpers import CLASSES, FAST, make_examples, reset_accelerate_state, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

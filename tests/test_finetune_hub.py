@@ -20,7 +20,7 @@ from timm.models import save_for_hf
 
 from benchmarks import load_app
 
-from .conftest import free_port, shape_image
+from .helpers import free_port, shape_image
 from .hub_standin import HubStandIn
 from .test_hub import ROOT, hub_env, python
 

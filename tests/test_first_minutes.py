@@ -1,8 +1,7 @@
 """The training command's first ten minutes, as a new user meets them: the Hub out of reach, library warnings,
-progress through every phase, the command that serves the result; and what the model folder says about its data."""
+progress through every phase, the command that serves the result."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port, train
+from .helpers import free_port, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,28 +76,3 @@ def test_a_quick_run_shows_each_phase_and_ends_with_the_command_that_serves_it(p
     assert "validates on all 24 validation images; a quick run with --max-eval-samples 20" in shown
     assert re.search(r"epoch 1/2: train loss .* \| \d+s, about \d+ (s|min) to go$", shown, re.M)
     assert result.stdout.rstrip().endswith(f"Serve it: python app.py --model {out} --host 127.0.0.1")
-
-
-def test_the_card_names_the_dataset_and_says_its_split_was_a_local_copy(trained):
-    card = (trained / "README.md").read_text()
-    folder = json.loads((trained / "training_args.json").read_text())["dataset"]
-    assert folder not in card.split("## Training")[0]  # no local path before the training command
-    assert f"name: {Path(folder).name}" in card and f"type: {Path(folder).name}" in card
-    assert (f"The test split is a local copy: read from the folder `{Path(folder).name}`, not from the Hub, its "
-            f"images stored as PNG files.") in card
-
-
-def test_a_model_trained_from_scratch_does_not_carry_the_imagenet_weights_description(trained):
-    pretrained_cfg = json.loads((trained / "config.json").read_text())["pretrained_cfg"]
-    for key in ("paper_ids", "origin_url", "license", "hf_hub_id", "notes"):
-        assert key not in pretrained_cfg, key
-    assert pretrained_cfg["tag"] and pretrained_cfg["input_size"] == [3, 32, 32]  # what describes this model stays
-
-
-def test_dataset_labels_are_ids_or_folder_names(tmp_path):
-    from classifier.export import dataset_label
-
-    assert dataset_label("cifar10") == "uoft-cs/cifar10"
-    assert dataset_label("someone/some-dataset") == "someone/some-dataset"
-    (tmp_path / "cifar10").mkdir()
-    assert dataset_label(str(tmp_path / "cifar10") + "/") == "cifar10"

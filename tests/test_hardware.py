@@ -18,7 +18,7 @@ from classifier import hardware
 from classifier.hardware import (auto_precision, configure_backends, launcher_words, resolve_precision,
                                  resolve_compile)
 
-from .conftest import reset_accelerate_state
+from .helpers import reset_accelerate_state
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))

@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks import load_app
 
-from .conftest import FAST, free_port, make_examples, write_parquet_repo
+from .helpers import FAST, free_port, make_examples, write_parquet_repo
 from .hub_standin import HubStandIn
 
 pytestmark = pytest.mark.slow  # the Hub stand-in, and Hub clients in subprocesses
@@ -155,17 +155,6 @@ def test_app_pulls_model_id_and_falls_back_when_the_hub_is_gone(hub, trained, co
         app.wait(timeout=30)
     app.log.seek(0)
     assert hub.token not in app.log.read()
-
-
-@pytest.fixture
-def corpus_image(tmp_path):
-    import random
-
-    from .conftest import shape_image
-
-    path = tmp_path / "blob.png"
-    shape_image("red", random.Random(1), 64).save(path)
-    return path
 
 
 def test_dataset_repo_on_the_hub_trains_and_streams(hub, tmp_path):

@@ -5,7 +5,7 @@ from PIL import Image
 
 from classifier.images import BadImageError, open_rgb
 
-from .conftest import shape_image
+from .helpers import shape_image
 from .image_corpus import BAD, GOOD, GREY, write_corpus
 
 

@@ -11,7 +11,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from .conftest import reset_accelerate_state, train
+from .helpers import reset_accelerate_state, train
 
 SMALL = ["--img-size", "32", "--batch-size", "32", "--eval-batch-size", "64", "--samples-per-class", "0",
          "--failure-samples", "0"]

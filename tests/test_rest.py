@@ -17,7 +17,7 @@ from classifier.predict import _torch_thread, bundled_model_folders, load_predic
 from classifier.security import Limits
 from classifier.server import create_app
 from classifier.service import App
-from tests.conftest import serve
+from .helpers import serve
 
 pytestmark = pytest.mark.slow  # a real server each
 

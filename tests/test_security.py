@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import shutil
 import socket
 import threading
@@ -21,7 +22,7 @@ from PIL import Image
 from classifier.security import Limits, csv_cell, uploaded_file
 from classifier.service import App
 
-from .conftest import create_served_app, serve, shape_image
+from .helpers import create_served_app, free_port, noise_image, serve, shape_image
 
 PLANTED = {  # files a training folder holds that no page shows
     "checkpoints/step_00000006/optimizer.bin": b"optimizer state",
@@ -173,7 +174,7 @@ def test_large_images_in_a_batch_and_at_once_stay_under_a_memory_ceiling(trained
     full-size RGB image and all kept (the server grew by about 2.8 GB with 9400 px ones). Now each is reduced as it
     is decoded and the request stops decoding at its pixel budget (256 MP). Then 8 REST uploads at once of an RGB
     8000x8000 PNG (192 MB decoded): two decode at a time, so the peak holds two of them, not eight."""
-    from benchmarks.load_app import free_port, start_app
+    from benchmarks.load_app import start_app
 
     files = []
     for i in range(8):
@@ -223,7 +224,7 @@ def test_images_over_the_pixel_cap_and_batches_over_the_file_cap_are_refused(url
     with pytest.raises(Exception, match="above 64 megapixels"):
         client.predict(handle_file(str(huge)), 1, api_name="/predict")
     small = tmp_path / "small.png"
-    shape_image("red", __import__("random").Random(0), size=32).save(small)
+    shape_image("red", random.Random(0), size=32).save(small)
     with pytest.raises(Exception, match=f"at most {Limits().batch_files}"):
         client.predict([handle_file(str(small))] * (Limits().batch_files + 1), 1, api_name="/classify_batch")
 
@@ -386,20 +387,13 @@ def test_stats_can_be_made_private_and_the_embedding_sites_chosen(trained):
         assert httpx.get(f"{base}api/model_info").status_code == 200
 
 
-@pytest.fixture(scope="module")
-def corpus_image(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("images") / "red.png"
-    shape_image("red", __import__("random").Random(1), size=64).save(path)
-    return path
-
-
 def test_a_large_jpeg_is_decoded_at_a_reduced_scale():
     """A 48 MP camera JPEG is decoded at 1/8 scale for a 96 px model (its shorter side stays over 4 x 96): the
     full-size pixels never exist."""
     from classifier.images import open_rgb, pixels_to_decode
 
     buffer = io.BytesIO()
-    Image.effect_noise((8000, 6000), 40).convert("RGB").save(buffer, "JPEG", quality=80)
+    noise_image((8000, 6000), random.Random(0)).save(buffer, "JPEG", quality=80)
     data = buffer.getvalue()
     assert pixels_to_decode(data) == 48_000_000
     assert pixels_to_decode(data, fit=96) == 1000 * 750

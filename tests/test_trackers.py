@@ -5,7 +5,7 @@ import json
 import pytest
 
 from classifier.options import parse_args
-from tests.conftest import FAST, train
+from .helpers import FAST, train
 
 
 def test_tracker_names_default_to_the_dataset_the_model_and_the_output_folder():

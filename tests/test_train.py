@@ -24,7 +24,7 @@ from classifier.model import load_folder
 from classifier.options import parse_args
 from classifier.engine import Recipe, progressive_img_size
 
-from .conftest import CLASSES, FAST, make_examples, reset_accelerate_state, train, write_parquet_repo
+from .helpers import CLASSES, FAST, make_examples, reset_accelerate_state, train, write_parquet_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 
