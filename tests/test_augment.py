@@ -10,7 +10,7 @@ from classifier.engine import Recipe
 
 
 def coordinate_images(n: int, side: int) -> torch.Tensor:
-    """Channel 0 holds each pixel's column, channel 1 its row (0..side-1), so an output pixel says where it came from."""
+    """Channel 0 holds each pixel's column, channel 1 its row: an output pixel says where it came from."""
     cols = torch.arange(side).view(1, side).expand(side, side)
     return torch.stack([cols, cols.T, torch.zeros_like(cols)]).to(torch.uint8).expand(n, 3, side, side).contiguous()
 

@@ -32,8 +32,8 @@ SMALL = ["--epochs", "1", "--img-size", "32", "--batch-size", "32", "--eval-batc
 
 
 @pytest.fixture
-def hub(tmp_path):
-    """The stand-in, serving timm's resnet18 repo; -> (hub, the served state dict)."""
+def hub_with_resnet18(tmp_path):
+    """The stand-in, serving timm's resnet18 repo; -> (the stand-in, the served state dict)."""
     standin = HubStandIn().start()
     base = timm.create_model("resnet18", num_classes=1000)
     folder = tmp_path / "base-repo"
@@ -55,8 +55,9 @@ def assert_backbone_is(out: Path, served: dict) -> None:
     assert exported["fc.weight"].shape == (4, 512)  # the 1000-class head replaced by one for the 4 classes
 
 
-def test_the_default_run_fine_tunes_the_hub_weights_then_finds_them_in_the_cache(hub, parquet_repo, tmp_path):
-    standin, served = hub
+def test_the_default_run_fine_tunes_the_hub_weights_then_finds_them_in_the_cache(hub_with_resnet18, parquet_repo,
+                                                                                  tmp_path):
+    standin, served = hub_with_resnet18
     env = hub_env(standin, tmp_path / "home")
     revision = standin.repos[("model", BASE)].sha
     online = tmp_path / "online"
@@ -102,8 +103,9 @@ def test_the_default_run_fine_tunes_the_hub_weights_then_finds_them_in_the_cache
     ("someone-else/blobs", "write", "tester may not write to 'someone-else' (writable: tester)"),
     ("tester/blobs", "read", "the token is read-only; create a write token"),
 ])
-def test_a_push_that_cannot_happen_fails_before_training(hub, parquet_repo, tmp_path, repo, role, says):
-    standin, _ = hub
+def test_a_push_that_cannot_happen_fails_before_training(hub_with_resnet18, parquet_repo, tmp_path, repo, role,
+                                                        says):
+    standin, _ = hub_with_resnet18
     standin.token_role = role
     out = tmp_path / "model"
     result = python(hub_env(standin, tmp_path / "home"), "train_accelerate.py", "--dataset", parquet_repo,
@@ -128,10 +130,10 @@ print(json.dumps(dict(zip(config["label_names"], probs.tolist()))))
 """
 
 
-def test_train_push_deploy_a_space_and_serve_it_from_its_own_files(hub, parquet_repo, tmp_path):
+def test_train_push_deploy_a_space_and_serve_it_from_its_own_files(hub_with_resnet18, parquet_repo, tmp_path):
     from gradio_client import Client, handle_file
 
-    standin, _ = hub
+    standin, _ = hub_with_resnet18
     env = hub_env(standin, tmp_path / "home")
     out = tmp_path / "model"
     trained = python(env, "train_accelerate.py", "--dataset", parquet_repo, "--output-dir", out,
@@ -175,8 +177,8 @@ def test_train_push_deploy_a_space_and_serve_it_from_its_own_files(hub, parquet_
     assert served == pytest.approx(expected, abs=1e-4)
 
 
-def test_two_processes_fetch_the_weights_once_and_both_start_from_them(hub, parquet_repo, tmp_path):
-    standin, served = hub
+def test_two_processes_fetch_the_weights_once_and_both_start_from_them(hub_with_resnet18, parquet_repo, tmp_path):
+    standin, served = hub_with_resnet18
     out = tmp_path / "model"
     env = dict(hub_env(standin, tmp_path / "home"), OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -188,8 +190,8 @@ def test_two_processes_fetch_the_weights_once_and_both_start_from_them(hub, parq
     assert_backbone_is(out, served)
 
 
-def test_a_later_push_names_the_repo_in_the_card(hub, trained, tmp_path):
-    standin, _ = hub
+def test_a_later_push_names_the_repo_in_the_card(hub_with_resnet18, trained, tmp_path):
+    standin, _ = hub_with_resnet18
     folder = tmp_path / "model"
     shutil.copytree(trained, folder)
     assert "<your-user>/" in (folder / "README.md").read_text()  # written before any repo was named

@@ -10,7 +10,7 @@ from .image_corpus import BAD, GOOD, GREY, write_corpus
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus_and_reference(tmp_path_factory):
     import random
 
     reference = shape_image("red", random.Random(0), size=64)
@@ -18,8 +18,8 @@ def corpus(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
-def test_bad_files_are_refused_with_a_reason(corpus, name):
-    folder, _ = corpus
+def test_bad_files_are_refused_with_a_reason(corpus_and_reference, name):
+    folder, _ = corpus_and_reference
     with pytest.raises(BadImageError, match=BAD[name]):
         open_rgb((folder / name).read_bytes(), name=name)
 
@@ -29,8 +29,8 @@ def test_the_corpus_is_large_enough():
 
 
 @pytest.mark.parametrize("name", GOOD + GREY)
-def test_every_mode_becomes_the_same_rgb_picture(corpus, name):
-    folder, reference = corpus
+def test_every_mode_becomes_the_same_rgb_picture(corpus_and_reference, name):
+    folder, reference = corpus_and_reference
     image = open_rgb((folder / name).read_bytes())
     assert image.mode == "RGB" and image.size == reference.size
     if name == "one_bit.png":
