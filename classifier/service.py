@@ -276,6 +276,31 @@ class App:
         self.monitor.record("predict", inference_ms, top[0][0], size, model=predictor.name)
         return dict(top), summary(top, inference_ms, size, predictor)
 
+    def explain_sample(self, model: str | None, evt: gr.SelectData):
+        """A click on a gallery or failure thumbnail: (the image, its heatmap) side by side, for the model's top
+        class, and a line saying which class that is (and the true one, for a failure). Counted as `explain`."""
+        with self.counted("explain", model):
+            predictor = self.predictor(model)
+            item = evt.value if isinstance(evt.value, dict) else {}
+            image = item.get("image") if isinstance(item.get("image"), dict) else {}
+            start = time.perf_counter()
+            try:
+                # the copy Gradio serves the page lives among the uploads; a model folder's files are not named
+                path = uploaded_file(image.get("path") or "")
+                with self.model_calls():
+                    picture = self.decode(path.read_bytes(), f"The image {path.name!r}", predictor)
+                    heatmap, index, probs = predictor.explain(picture)
+            except (BadImageError, UploadError) as e:
+                raise BadUpload(str(e)) from None
+            except ExplainError as e:
+                raise ServiceError(f"No heatmap for {predictor.name}: {e}") from None
+        name = predictor.label_names[index]
+        self.monitor.record("explain", 1000 * (time.perf_counter() - start), name, picture.size, model=predictor.name)
+        caption = str(item.get("caption") or "")
+        true = caption.split("·")[0].removeprefix("true:").strip() if caption.startswith("true:") else None
+        said = f"Where the model looked for **{name}** ({100 * float(probs[index]):.0f} %), its answer"
+        return (picture, heatmap), said + (f"; the true class is **{true}**." if true else ".")
+
     def failures(self, model: str | None = None):
         predictor = self.predictor(model)
         items = [(str(sample.path), f"true: {sample.label} · " + ", ".join(f"{n} {100 * p:.0f}%" for n, p in top))

@@ -17,6 +17,7 @@ CSS = """
 #gallery .caption-label, #failures .caption-label {white-space: normal; max-width: 100%; opacity: .9;}  /* whole captions */
 .notice {background: var(--color-yellow-50, #fffbeb); border: 1px solid var(--color-yellow-300, #fcd34d);
          border-radius: var(--radius-lg); padding: var(--spacing-md) var(--spacing-lg);}
+.heatmap img {image-rendering: pixelated;}  /* a 32 px image and its heatmap, enlarged, stay crisp */
 #about pre, #about code {white-space: pre-wrap; word-break: break-word;}  /* the training command wraps */
 """
 MONITOR_EVERY_S = 5  # the Monitoring tab's plots refresh themselves this often, while the tab is shown
@@ -124,7 +125,13 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
     def classify_sample(top_k: int, model: str | None, evt: gr.SelectData, request: gr.Request = None):
         return answer(request, model, app.classify_sample, top_k, model, evt)
 
-    for handler in (predict, explain, classify_batch, classify_sample):
+    def explain_sample(model: str | None, evt: gr.SelectData, request: gr.Request = None):
+        return answer(request, model, app.explain_sample, model, evt)
+
+    def explain_gallery_sample(model: str | None, evt: gr.SelectData, request: gr.Request = None):
+        return explain_sample(model, evt, request)[0]  # the Gallery tab has the prediction's own summary
+
+    for handler in (predict, explain, classify_batch, classify_sample, explain_sample):
         handler.__doc__ = getattr(App, handler.__name__).__doc__
     gallery_items = app.gallery(names[0])  # the first model's, shown from the start: a page load is not a request
     failure_items, *plot_files = app.failures(names[0])
@@ -201,16 +208,31 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                     with gr.Column(scale=1):
                         gallery_label = gr.Label(label="Prediction for the clicked image", elem_id="gallery-prediction")
                         gallery_info = gr.Markdown(label="Summary")
+                        gallery_heatmap = gr.ImageSlider(label="Image | heatmap", type="pil",
+                                                         interactive=False, elem_id="gallery-heatmap",
+                                                         elem_classes="heatmap")
                 # a refused class is an error message; the grid stays usable (an error status would cover it)
                 class_filter.change(app.samples, [class_filter, model], gallery, api_name=api_name("samples"),
                                     show_progress="hidden")
                 # the click names its image: the filter may have changed the grid (or been refused) since it was drawn
                 gallery_event = gallery.select(classify_sample, [gallery_k, model], [gallery_label, gallery_info],
                                                api_visibility="private", **MODEL_QUEUE)
+                # and beside it, where the model looked (one more backward pass)
+                gallery_heatmap_event = gallery.select(explain_gallery_sample, model, gallery_heatmap,
+                                                       api_visibility="private", **MODEL_QUEUE)
 
             with gr.Tab("Where it fails"):
-                failures = gr.Gallery(failure_items, label="Misclassified test images (true class · top-3)",
-                                      columns=5, height="auto", elem_id="failures")
+                gr.Markdown("Click an image to see where the model looked for its (wrong) answer.")
+                with gr.Row():
+                    failures = gr.Gallery(failure_items, label="Misclassified test images (true class · top-3)",
+                                          columns=5, height="auto", elem_id="failures", scale=3, allow_preview=False)
+                    with gr.Column(scale=1):
+                        failure_heatmap = gr.ImageSlider(label="Image | heatmap", type="pil",
+                                                         interactive=False, elem_id="failure-heatmap",
+                                                         elem_classes="heatmap")
+                        failure_info = gr.Markdown(elem_id="failure-info")
+                failure_event = failures.select(explain_sample, model, [failure_heatmap, failure_info],
+                                                api_visibility="private", **MODEL_QUEUE)
                 with gr.Row():
                     confusion = gr.Image(plot_files[0], label="Confusion matrix", type="filepath", interactive=False)
                     calibration = gr.Image(plot_files[1], label="Calibration (reliability diagram)", type="filepath",
@@ -293,13 +315,15 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
             return (gr.Dropdown(choices=[ALL_CLASSES, *p.label_names], value=ALL_CLASSES), *sliders,
                     gr.Dataset(samples=example_rows(app, name)),
                     app.gallery(name), *app.failures(name), app.about_markdown(name), *prediction,
-                    class_choices(list(prediction[0] or {})), None, None, "", None, None)
+                    class_choices(list(prediction[0] or {})), None, None, "", None, None, None, None, "")
 
         outputs = [class_filter, top_k, gallery_k, batch_k, examples, gallery, failures, confusion, calibration, curves, about,
-                   label, info, details, explain_class, heatmap, gallery_label, gallery_info, table, csv_file]
+                   label, info, details, explain_class, heatmap, gallery_label, gallery_info, table, csv_file,
+                   gallery_heatmap, failure_heatmap, failure_info]
         inputs = [model, image, top_k, gallery_k, batch_k]
         model.change(show_model, inputs, outputs, api_visibility="private",
-                     cancels=[classify_event, upload_event, example_event, explain_event, gallery_event, batch_event], **MODEL_QUEUE)
+                     cancels=[classify_event, upload_event, example_event, explain_event, gallery_event, gallery_heatmap_event,
+                              failure_event, batch_event], **MODEL_QUEUE)
     return demo
 
 

@@ -511,6 +511,41 @@ def test_a_gallery_click_classifies_the_image_clicked_and_a_failed_one_is_an_err
     assert (stats["requests"], stats["errors"]) == (3, 2)
 
 
+def test_a_gallery_or_failure_click_shows_the_image_beside_its_heatmap(trained):
+    """Any gallery or failure image, clicked, is shown beside its Grad-CAM for the model's answer, with the true class
+    for a failure (issue 37, point 12); a click that names no image of this server is refused and counted."""
+    import shutil
+
+    from gradio.utils import get_upload_folder
+
+    from classifier.monitor import RequestMonitor
+    from classifier.service import App, ServiceError
+
+    app = App(load_predictors(str(trained))[0], RequestMonitor())
+    predictor = next(iter(app.predictors.values()))
+    sample = next(s for s in predictor.samples if s.kind == "gallery" and s.label == "green")
+    shown = Path(get_upload_folder()) / "test-heatmap-click" / sample.path.name  # where Gradio serves it from
+    shown.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(sample.path, shown)
+    (image, heatmap), said = app.explain_sample(None, gallery_click(str(shown)))
+    assert image.size == heatmap.size == open_rgb_file(sample.path).size and image.tobytes() != heatmap.tobytes()
+    top, _, _ = predictor.classify(open_rgb_file(sample.path), 1)
+    assert said.startswith(f"Where the model looked for **{top[0][0]}** (") and "true class" not in said
+    failure = gr_select(str(shown), "true: yellow · green 60%, red 30%, blue 10%")
+    _, said = app.explain_sample(predictor.name, failure)
+    assert said.endswith("; the true class is **yellow**.")
+    with pytest.raises(ServiceError, match="does not name a file"):
+        app.explain_sample(None, gallery_click(str(sample.path)))  # the model folder's own file: never named
+    stats = app.stats()["endpoints"]["explain"]
+    assert (stats["requests"], stats["errors"]) == (3, 1)
+
+
+def gr_select(path: str, caption: str):
+    import gradio as gr
+
+    return gr.SelectData(None, {"index": 0, "value": {"image": {"path": path}, "caption": caption}})
+
+
 def open_rgb_file(path):
     from classifier.images import open_rgb
 

@@ -359,3 +359,21 @@ def test_a_link_opens_the_page_on_its_model(page, server, width):
     other.locator("#examples button.gallery-item").first.click()
     expect(other.locator("#summary")).to_contain_text("model model (", timeout=30_000)
     other.close()
+
+
+def test_a_gallery_or_failure_image_is_shown_beside_its_heatmap(page, server):
+    """A click on a gallery image shows its answer and, beside it, the image and its Grad-CAM (an image slider); a
+    click on a failure shows the same with the class it said and the true one (issue 37, point 12)."""
+    other = new_page(page, f"{server[0]}?model=intel-resnet18", 1280)
+    expect(other.locator("#model input")).to_have_value("intel-resnet18", timeout=30_000)
+    other.get_by_role("tab", name="Gallery").click()
+    other.locator("#gallery .thumbnail-item").nth(4).click()
+    expect(other.locator("#gallery-prediction")).to_contain_text("%", timeout=30_000)
+    expect(other.locator("#gallery-heatmap img")).to_have_count(2, timeout=30_000)  # the image and its heatmap
+    other.get_by_role("tab", name="Where it fails").click()
+    other.locator("#failures .thumbnail-item").first.click()
+    expect(other.locator("#failure-info")).to_contain_text("the true class is", timeout=30_000)
+    heatmaps = other.locator("#failure-heatmap img")
+    expect(heatmaps).to_have_count(2, timeout=30_000)
+    assert heatmaps.first.bounding_box()["width"] >= 150  # shown large enough to see, not at 32 or 150 px of a thumbnail
+    other.close()
