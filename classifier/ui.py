@@ -13,10 +13,12 @@ from .service import ALL_CLASSES, ENDPOINTS, MODEL_CALLS, App, ServiceError
 
 CSS = """
 #gallery .thumbnail-item img, #failures .thumbnail-item img {image-rendering: pixelated;}  /* 32 px samples stay crisp */
-#upload img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;}  /* small photos fill the box */
+#upload img, #heatmap img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;}  /* small
+   photos and their heatmaps fill the box (a CIFAR heatmap is 32 px) */
 #gallery .caption-label, #failures .caption-label {white-space: normal; max-width: 100%; opacity: .9;}  /* whole captions */
 .notice {background: var(--color-yellow-50, #fffbeb); border: 1px solid var(--color-yellow-300, #fcd34d);
          border-radius: var(--radius-lg); padding: var(--spacing-md) var(--spacing-lg);}
+.dark .notice {background: #422006; border-color: #a16207;}  /* dark mode: the light text on dark amber, not pale yellow */
 .heatmap img {image-rendering: pixelated;}  /* a 32 px image and its heatmap, enlarged, stay crisp */
 #about pre, #about code {white-space: pre-wrap; word-break: break-word;}  /* the training command wraps */
 """
@@ -169,7 +171,8 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                                 explain_class = gr.Dropdown([], label="Class (default: the top one)",
                                                             allow_custom_value=True, scale=3, elem_id="explain-class")
                                 explain_button = gr.Button("Show heatmap", scale=1)
-                            heatmap = gr.Image(label="Heatmap", type="pil", interactive=False, elem_id="heatmap")
+                            heatmap = gr.Image(label="Heatmap", type="pil", interactive=False, height=320,
+                                               elem_id="heatmap")
                             explain_details = gr.JSON(label="Heatmap details", visible=False)
                 # an error must not leave the previous image's answer on screen
                 answers, cleared = [label, info, details, heatmap], (None, "", None, None)

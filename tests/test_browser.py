@@ -377,3 +377,79 @@ def test_a_gallery_or_failure_image_is_shown_beside_its_heatmap(page, server):
     expect(heatmaps).to_have_count(2, timeout=30_000)
     assert heatmaps.first.bounding_box()["width"] >= 150  # shown large enough to see, not at 32 or 150 px of a thumbnail
     other.close()
+
+
+def contrast(page_or_locator, selector: str = None) -> float:
+    """The WCAG contrast ratio of an element's text colour against its background colour."""
+    def luminance(rgb):
+        channels = [c / 255 for c in rgb]
+        channels = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * channels[0] + 0.7152 * channels[1] + 0.0722 * channels[2]
+
+    colours = page_or_locator.evaluate(
+        "e => [getComputedStyle(e).backgroundColor, getComputedStyle(e.querySelector('p') || e).color]")
+    fore, back = (luminance([int(v) for v in re.findall(r"\d+", c)[:3]]) for c in reversed(colours))
+    return (max(fore, back) + 0.05) / (min(fore, back) + 0.05)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_notice_is_readable_in_light_and_dark_mode(page, trained, scheme):
+    """The notice's text has at least WCAG AA's 4.5:1 against its box; dark mode follows the system's preference
+    (issue 37, point 8: near-white text on pale yellow, 1.06:1)."""
+    from classifier.monitor import RequestMonitor
+    from classifier.predict import load_predictors
+    from classifier.server import create_app
+    from classifier.service import App
+
+    from .conftest import serve
+
+    app = create_app(App(load_predictors(str(trained))[0], RequestMonitor()), notice="Could not load 'me/gone'.")
+    with serve(app) as url:
+        other = page.context.browser.new_page(color_scheme=scheme)
+        other.goto(url)
+        notice = other.locator("#notice")
+        expect(notice).to_contain_text("me/gone", timeout=30_000)
+        dark = other.evaluate("() => document.body.classList.contains('dark') || "
+                              "!!document.querySelector('.gradio-container.dark, .dark .gradio-container')")
+        ratio = contrast(notice)
+        other.goto(f"{url}?model=nope")  # the link's notice too
+        ratio_link = contrast(other.locator("#link-notice"))
+        other.close()
+    assert dark == (scheme == "dark")
+    assert ratio >= 4.5 and ratio_link >= 4.5, (ratio, ratio_link)
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_a_small_images_heatmap_is_shown_large(page, server, tmp_path, width):
+    """A 32x32 upload's heatmap (32x32 px itself) fills the heatmap box, as the upload fills its own (issue 37,
+    point 8: it was shown at 32x32 px)."""
+    other = new_page(page, server[0], width)
+    image = tmp_path / "small.png"
+    shape_image("red", random.Random(41), size=32).save(image)
+    other.locator("#upload input[type=file]").set_input_files(str(image))
+    expect(other.locator("#summary")).to_contain_text("inference", timeout=30_000)
+    open_heatmap_panel(other)
+    other.get_by_role("button", name="Show heatmap").click()
+    shown = other.locator("#heatmap img")
+    expect(shown).to_be_visible(timeout=30_000)
+    box = shown.bounding_box()
+    other.close()
+    assert box["width"] >= 200 and box["height"] >= 200, box
+
+
+def test_a_page_load_runs_nothing_over_top_k_and_the_prediction(page, server):
+    """For 3 s after a page load no progress overlay covers Top-k or Prediction (issue 37, point 8: a load event
+    that re-ran the model switch showed 'processing' over them for 2-3 s after each load)."""
+    other = page.context.browser.new_page(viewport={"width": 1280, "height": 900})
+    other.goto(server[0], wait_until="commit")
+    covered = set()
+    for _ in range(30):
+        other.wait_for_timeout(100)
+        covered |= set(other.evaluate("""() => ['top-k', 'prediction', 'summary'].filter(id => {
+            const e = document.getElementById(id);
+            return e && [...e.querySelectorAll('[data-testid=status-tracker]')].some(
+                s => !s.classList.contains('hide') && s.getBoundingClientRect().width > 0);
+        })"""))
+    expect(other.locator("#upload")).to_be_visible(timeout=30_000)
+    other.close()
+    assert not covered, f"progress shown over {covered} after a page load"
