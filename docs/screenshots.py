@@ -84,10 +84,13 @@ def main(argv=None) -> int:
             expect(thumbnails.first).to_be_visible(timeout=60_000)
             thumbnails.nth(3).click()
             expect(page.locator("#gallery-prediction")).to_contain_text("%", timeout=60_000)
+            expect(page.locator("#gallery-heatmap img")).to_have_count(2, timeout=60_000)  # the image and its heatmap
             shot("gallery")
 
             page.get_by_role("tab", name="Where it fails").click()
             expect(page.locator("#failures .thumbnail-item").first).to_be_visible(timeout=60_000)
+            page.locator("#failures .thumbnail-item").nth(1).click()  # why it failed: the image beside its heatmap
+            expect(page.locator("#failure-info")).to_contain_text("true class", timeout=60_000)
             shot("failures")
 
             page.get_by_role("tab", name="About the model").click()
