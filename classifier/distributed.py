@@ -9,16 +9,23 @@
   error, not leave the others waiting in a collective until it times out. Errors are exchanged at points every
   process reaches anyway: after each block of set-up work, and in the training loop's periodic reduction of its
   statistics. Then every process raises the same error, the main process prints it once, and all exit with 2.
-- Waiting (`process_group_kwargs`): while the main process of a machine decodes the data set into the cache
-  (in DataLoader workers), the others wait in a collective; its timeout is `--ddp-timeout`.
+- Waiting (`process_group_kwargs`, `together(patience_s=...)`): every collective times out after
+  `--collective-timeout` (10 minutes), so a process that stops answering in training ends the run in minutes.
+  Where one process does a long job the others have to wait for (the main process of a machine downloading the
+  weights or decoding the data set into the cache, the main process writing the model folder), they wait on the
+  process group's store instead, for up to `--ddp-timeout` (2 hours), then meet in the collective.
 - Memory (`local_process_count`): the processes of one machine share its RAM; the decoded cache is a
   memory-mapped file they all read (data.decode_split).
 """
 from __future__ import annotations
 
+import itertools
 import os
+import time
 from contextlib import contextmanager
 from datetime import timedelta
+
+import torch.distributed as dist
 
 from accelerate import Accelerator, PartialState
 from accelerate.utils import InitProcessGroupKwargs, gather_object, set_seed
@@ -55,15 +62,39 @@ def on_every_process(error: Exception) -> bool:
     return getattr(error, "on_every_process", False)
 
 
+_arrivals = itertools.count()  # the same sequence of meeting points on every process
+
+
+def wait_for_all(timeout_s: float) -> None:
+    """Wait until every process has arrived here, for up to `timeout_s`, on the process group's store: a counter
+    each process adds to, unlike a collective, whose timeout is the process group's. (XLA's processes have no
+    store; they meet in the collective that follows.)"""
+    state = PartialState()
+    if state.num_processes == 1 or not dist.is_initialized():
+        return
+    key, store = f"classifier/arrived/{next(_arrivals)}", dist.distributed_c10d._get_default_store()
+    store.add(key, 1)
+    deadline = time.monotonic() + timeout_s
+    while store.add(key, 0) < state.num_processes:
+        if time.monotonic() > deadline:
+            raise TrainingError(f"Waited {timeout_s:g} s for the other processes; raise --ddp-timeout if one of them "
+                                f"has a long job (downloading the weights, decoding a large data set).")
+        time.sleep(0.1)
+
+
 @contextmanager
-def together(accelerator: Accelerator):
+def together(accelerator: Accelerator, patience_s: float | None = None):
     """Run a block on every process; a run-ending error on any of them ends the block on all of them with that
-    error (the first by rank). The block itself must not wait for the other processes."""
+    error (the first by rank). The block itself must not wait for the other processes. With `patience_s`, for
+    blocks where some processes have far more to do than others, the others wait that long for them (otherwise
+    the collective's timeout)."""
     failure = None
     try:
         yield
     except RUN_ENDING as error:
         failure = error
+    if patience_s is not None:
+        wait_for_all(patience_s)
     if accelerator.num_processes > 1:
         failures = [f for f in from_every_process(failure) if f is not None]
         if failures:

@@ -174,8 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="data order, split and initialisation; augmentation and dropout draw from seed + "
                             "process index")
     train.add_argument("--ddp-timeout", type=float, default=7200, metavar="SECONDS",
-                       help="how long a process waits for the others in one collective, e.g. while the main "
-                            "process decodes a large data set into the cache (torch.distributed's timeout)")
+                       help="how long processes wait for one doing a long job the others need: downloading the "
+                            "weights, decoding a large data set into the cache, writing the model folder")
+    train.add_argument("--collective-timeout", type=float, default=600, metavar="SECONDS",
+                       help="how long a process waits for the others in any collective of training (torch."
+                            "distributed's timeout): a process that stops answering ends the run after this long")
 
     out = p.add_argument_group("output")
     out.add_argument("--output-dir", help="model folder to write (default: runs/<dataset name>)")

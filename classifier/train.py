@@ -24,7 +24,7 @@ from accelerate.utils import parse_flag_from_env
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_dir, find_checkpoint, load_checkpoint, save_checkpoint
 from .data import (DataError, Splits, StreamedSplit, TensorSplit, decode_split, load_splits, local_copy_note,
                    memory_budget, streams, typical_size)
 from .distributed import (RUN_ENDING, from_every_process, local_process_count, on_every_process,
@@ -40,7 +40,7 @@ from .model import StartingWeights, create_model, resolve_weights
 from .options import apply_recipe, parse_args, scaled_lr
 from .presets import recipe_for
 from .samples import write_samples
-from .state import TrainState
+from .state import TrainingError, TrainState
 
 log = logging.getLogger("classifier")
 LOG_DIR = "logs"
@@ -54,14 +54,14 @@ def create_accelerator(args) -> Accelerator:
     # the process group first (accelerate's own device choice, with our timeout; ACCELERATE_USE_CPU read as
     # AcceleratorState reads it): `auto` depends on the device
     device_type = PartialState(parse_flag_from_env("ACCELERATE_USE_CPU"),
-                               **process_group_kwargs(args.ddp_timeout).to_kwargs()).device.type
+                               **process_group_kwargs(args.collective_timeout).to_kwargs()).device.type
     precision, source = resolve_precision(args.mixed_precision, device_type)
     accelerator = Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=report_to, project_dir=str(Path(args.output_dir) / LOG_DIR),
         dynamo_backend=resolve_compile(args.compile),  # accelerate wraps the model in torch.compile
-        kwargs_handlers=[process_group_kwargs(args.ddp_timeout)],
+        kwargs_handlers=[process_group_kwargs(args.collective_timeout)],
     )
     # what the run resolved, recorded in training_args.json
     args.resolved = {"mixed_precision": accelerator.mixed_precision, "mixed_precision_from": source,
@@ -117,7 +117,7 @@ def starting_weights(args, accelerator: Accelerator) -> StartingWeights:
     """Where the weights come from: the main process of each machine fetches them into its Hub cache first, the
     others then find them there (one download per machine)."""
     weights = None
-    with together(accelerator):
+    with together(accelerator, patience_s=args.ddp_timeout):
         if accelerator.is_local_main_process:
             weights = resolve_weights(args.model, args.pretrained, args.pretrained_file)
     with together(accelerator):
@@ -156,7 +156,7 @@ def setup(args) -> tuple[Accelerator, StartingWeights, RunData]:
     choose_recipe(args, accelerator, weights)
     seed_processes(args.seed)
     data = None
-    with together(accelerator):
+    with together(accelerator, patience_s=args.ddp_timeout):
         if accelerator.is_local_main_process:
             data = load_data(args, accelerator)
     with together(accelerator):
@@ -419,7 +419,7 @@ def export_run(args, accelerator: Accelerator, training: Training, data: RunData
                final_probs: torch.Tensor) -> None:
     """The model folder, written by the main process only."""
     skipped = dict(data.skipped, train=data.skipped["train"] + len(training.state.progress.skipped_train))
-    with together(accelerator):
+    with together(accelerator, patience_s=args.ddp_timeout):
         if not accelerator.is_main_process:
             return
         final_data, final_dataset = ((data.test, data.splits.test) if split == "test"
@@ -492,6 +492,12 @@ def main(argv=None) -> None:
         run(args)
     except RUN_ENDING as e:
         stop(e, args)
+    except RuntimeError as e:
+        if "timed out" not in str(e).lower():  # gloo's words for a collective that ran out of time; else a bug
+            raise
+        stop(TrainingError(f"A collective timed out after --collective-timeout {args.collective_timeout:g} s: another "
+                           f"process is stuck or gone. Checkpoints in {checkpoint_dir(args.output_dir)} (if any) "
+                           f"hold the last saved state."), args)
     if args.push_to_hub and PartialState().is_main_process:
         from .hub import HubError, push_folder
 

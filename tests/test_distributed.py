@@ -260,6 +260,39 @@ def test_a_rank_killed_while_the_other_waits_in_a_collective_ends_the_run(parque
     assert not (out / "config.json").exists()
 
 
+def test_a_rank_that_stops_answering_ends_the_run_after_the_collective_timeout(parquet_repo, tmp_path):
+    """Rank 1 is frozen (SIGSTOP) mid-training: rank 0 waits for it in the next reduction, which times out after
+    --collective-timeout (15 s here; 10 minutes by default, where it was the 2-hour --ddp-timeout), and the run
+    ends with one line saying so; the decode-time patience (--ddp-timeout) is not what bounds it."""
+    out = tmp_path / "model"
+    command = [*LAUNCH, "train_accelerate.py", "--dataset", str(parquet_repo), "--output-dir", str(out),
+               "--epochs", "50", "--img-size", "32", "--batch-size", "16", "--no-pretrained", "--data-workers", "1",
+               "--samples-per-class", "0", "--checkpoint-every", "2", "--collective-timeout", "15"]
+    launcher = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_00000004").exists():
+        assert launcher.poll() is None and time.time() < deadline, "the run ended before a rank could be frozen"
+        time.sleep(0.05)
+    workers = psutil.Process(launcher.pid).children(recursive=True)
+    ranks = {int(p.environ()["RANK"]): p for p in workers
+             if "RANK" in p.environ() and "train_accelerate.py" in " ".join(p.cmdline())}
+    frozen_at = time.time()
+    ranks[1].send_signal(signal.SIGSTOP)
+    try:
+        stdout, stderr = launcher.communicate(timeout=240)
+    finally:
+        for process in workers:
+            if process.is_running():
+                process.kill()
+    ended_after = time.time() - frozen_at
+    assert 15 <= ended_after < 120, f"the run ended {ended_after:.0f} s after the freeze"
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: A collective timed out after --collective-timeout 15 s: another process is stuck or "
+                      f"gone. Checkpoints in {out / 'checkpoints'} (if any) hold the last saved state."], stderr[-3000:]
+    assert launcher.returncode != 0 and not (out / "config.json").exists()
+
+
 def test_two_machines_on_loopback_train_as_one_run(parquet_repo, tmp_path):
     """The 2-machine launch line of README's "Launching" and docs/TRAINING.md (accelerate launch --multi_gpu
     --num_machines 2 --machine_rank R --main_process_ip --main_process_port), both "machines" on this one over
