@@ -23,7 +23,7 @@ from PIL import ImageOps
 from classifier.model import load_folder
 from classifier.predict import Predictor, app_torch_threads, load_predictors, usable_cpus
 
-from .conftest import CLASSES, shape_image
+from .helpers import CLASSES, shape_image
 from .image_corpus import BAD, GOOD, GREY, write_corpus
 
 PUBLIC_ENDPOINTS = {"/predict", "/explain", "/classify_batch", "/samples", "/model_info", "/stats"}
@@ -231,7 +231,7 @@ def test_an_explicit_model_that_cannot_be_loaded_stops_the_app(model, message, m
 def test_a_model_id_with_the_hub_out_of_reach_stops_the_app_at_once(tmp_path):
     """Not offline mode, just no Hub (as on this machine): one probe, the cache, then the reason, without
     huggingface_hub's 23 s of retries."""
-    from .conftest import free_port
+    from .helpers import free_port
 
     env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", HF_HOME=str(tmp_path / "hf"))
     env.pop("HF_HUB_OFFLINE", None)
@@ -559,7 +559,7 @@ def test_model_calls_share_one_limit_and_a_batch_does_not_hold_up_predictions(tr
     Model calls are slowed down and counted in the handlers' threads, from one client's many concurrent jobs."""
     from classifier.predict import Predictor as Served
 
-    from .conftest import create_served_app, serve
+    from .helpers import create_served_app, serve
 
     running, most, lock = [0], [0], threading.Lock()
     delay = {"classify": 0.3, "classify_many": 0.3, "explain": 0.3}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from .conftest import shape_image
+from .helpers import shape_image
 
 pytestmark = pytest.mark.slow  # Chromium and a served app
 
@@ -126,7 +126,7 @@ def test_the_notice_stands_out(page, trained):
     from classifier.server import create_app
     from classifier.service import App
 
-    from .conftest import serve
+    from .helpers import serve
 
     app = create_app(App(load_predictors(str(trained))[0], RequestMonitor()),
                      notice="Could not load the model 'me/gone'. Showing the bundled model(s) instead.")
@@ -230,7 +230,7 @@ def test_a_model_switch_discards_the_answer_of_the_previous_model(page, trained,
     from classifier.server import create_app
     from classifier.service import App
 
-    from .conftest import serve
+    from .helpers import serve
 
     slow, started, finished = threading.Event(), threading.Semaphore(0), threading.Semaphore(0)
 
@@ -401,7 +401,7 @@ def test_the_notice_is_readable_in_light_and_dark_mode(page, trained, scheme):
     from classifier.server import create_app
     from classifier.service import App
 
-    from .conftest import serve
+    from .helpers import serve
 
     app = create_app(App(load_predictors(str(trained))[0], RequestMonitor()), notice="Could not load 'me/gone'.")
     with serve(app) as url:
