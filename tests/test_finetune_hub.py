@@ -163,7 +163,7 @@ def test_train_push_deploy_a_space_and_serve_it_from_its_own_files(hub_with_resn
                                 dict(env, **variables, INFERENCE_PRECISION="fp32"), cwd=space)
     try:
         client = Client(f"http://127.0.0.1:{port}", verbose=False)
-        label, _ = client.predict(handle_file(str(image)), 4, api_name="/predict")
+        label, *_ = client.predict(handle_file(str(image)), 4, api_name="/predict")
         info = client.predict(api_name="/model_info")  # what About shows
     finally:
         app.terminate()
