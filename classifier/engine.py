@@ -105,7 +105,7 @@ class Recipe:
     criterion: torch.nn.Module
 
     @classmethod
-    def from_args(cls, args, num_classes: int, mean, std, device, store_size: int | None = None) -> "Recipe":
+    def from_args(cls, args, num_classes: int, mean, std, store_size: int | None = None) -> "Recipe":
         # random-resized crops only where the cached images are larger than the input: smaller ones (CIFAR-10's
         # 32 px for a 96 px input) have no detail to crop into
         crop_scale = args.crop_scale if (store_size or 0) > args.img_size else 1.0

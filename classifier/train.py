@@ -295,9 +295,9 @@ def build_training(args, accelerator: Accelerator, weights: StartingWeights, dat
         accelerator.print(f"Model EMA: a moving average of the weights (decay warming up to {args.model_ema_decay:g}) "
                           f"is validated, tested and exported in place of the weights.")
     return Training(
-        TrainState(model, optimizer, scheduler, ema=ema), Recipe.from_args(args, data.num_classes, mean, std, device, data.store_size), plan,
-        val_loader, test_loader, torch.tensor(mean, device=device), torch.tensor(std, device=device),
-        weights, model_args)
+        TrainState(model, optimizer, scheduler, ema=ema),
+        Recipe.from_args(args, data.num_classes, mean, std, data.store_size), plan, val_loader, test_loader,
+        torch.tensor(mean, device=device), torch.tensor(std, device=device), weights, model_args)
 
 
 # -- the run

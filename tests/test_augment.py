@@ -48,5 +48,5 @@ def test_without_crops_every_image_keeps_all_of_its_area():
 def test_only_images_cached_larger_than_the_input_are_cropped(store_size, cropped):
     args = argparse.Namespace(augment="basic", img_size=128, random_erase=0.0, crop_scale=0.25, mixup=0.0,
                               cutmix=0.0, label_smoothing=0.1)
-    recipe = Recipe.from_args(args, 4, (0.5,) * 3, (0.25,) * 3, "cpu", store_size)
+    recipe = Recipe.from_args(args, 4, (0.5,) * 3, (0.25,) * 3, store_size)
     assert recipe.augment.crop_scale == (0.25 if cropped else 1.0)

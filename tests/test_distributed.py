@@ -230,29 +230,36 @@ def test_data_error_while_the_main_process_fills_the_cache_stops_both(broken_tra
     assert f"decode train: row {BAD_ROW} (broken.png)" in error
 
 
-def test_a_rank_killed_while_the_other_waits_in_a_collective_ends_the_run(parquet_repo, tmp_path):
-    """Rank 1 is SIGKILLed mid-training; rank 0 is then waiting for it in the next reduction. The launcher ends
-    the run within seconds (not the collective's --ddp-timeout), every process is gone, and the report names the
-    killed rank once."""
-    out = tmp_path / "model"
-    command = [*LAUNCH, "train_accelerate.py", "--dataset", str(parquet_repo), "--output-dir", str(out),
-               "--epochs", "50", "--img-size", "32", "--batch-size", "16", "--no-pretrained", "--data-workers", "1",
-               "--samples-per-class", "0", "--checkpoint-every", "2", "--ddp-timeout", "600"]
+def training_under_way(dataset: Path, out: Path, *options: str):
+    """A long 2-process run, once both ranks have trained 4 steps; -> (the launcher, every process under it, the
+    training processes by rank)."""
+    command = [*LAUNCH, "train_accelerate.py", "--dataset", str(dataset), "--output-dir", str(out), "--epochs", "50",
+               "--img-size", "32", "--batch-size", "16", "--no-pretrained", "--data-workers", "1",
+               "--samples-per-class", "0", "--checkpoint-every", "2", *options]
     launcher = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
     deadline = time.time() + 300
-    while not (out / "checkpoints" / "step_00000004").exists():  # training is under way on both ranks
-        assert launcher.poll() is None and time.time() < deadline, "the run ended before a rank could be killed"
+    while not (out / "checkpoints" / "step_00000004").exists():
+        assert launcher.poll() is None and time.time() < deadline, "the run ended before it was under way"
         time.sleep(0.05)
     workers = psutil.Process(launcher.pid).children(recursive=True)
     ranks = {int(p.environ()["RANK"]): p for p in workers
              if "RANK" in p.environ() and "train_accelerate.py" in " ".join(p.cmdline())}
     assert set(ranks) == {0, 1}, ranks
+    return launcher, workers, ranks
+
+
+def test_a_rank_killed_while_the_other_waits_in_a_collective_ends_the_run(parquet_repo, tmp_path):
+    """Rank 1 is SIGKILLed mid-training; rank 0 is then waiting for it in the next reduction. The launcher ends
+    the run within seconds (not the collective's timeout), every process is gone, and the report names the killed
+    rank once."""
+    out = tmp_path / "model"
+    launcher, workers, ranks = training_under_way(parquet_repo, out, "--collective-timeout", "600")
     killed_at = time.time()
     ranks[1].send_signal(signal.SIGKILL)
     stdout, stderr = launcher.communicate(timeout=120)
     ended_after = time.time() - killed_at
-    assert ended_after < 60, f"the run took {ended_after:.0f} s to end"  # far below --ddp-timeout's 600
+    assert ended_after < 60, f"the run took {ended_after:.0f} s to end"  # far below the collective's 600
     assert launcher.returncode != 0
     assert not [p for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     report = stdout + stderr
@@ -263,20 +270,9 @@ def test_a_rank_killed_while_the_other_waits_in_a_collective_ends_the_run(parque
 def test_a_rank_that_stops_answering_ends_the_run_after_the_collective_timeout(parquet_repo, tmp_path):
     """Rank 1 is frozen (SIGSTOP) mid-training: rank 0 waits for it in the next reduction, which times out after
     --collective-timeout (15 s here; 10 minutes by default, where it was the 2-hour --ddp-timeout), and the run
-    ends with one line saying so; the decode-time patience (--ddp-timeout) is not what bounds it."""
+    ends with one line saying so."""
     out = tmp_path / "model"
-    command = [*LAUNCH, "train_accelerate.py", "--dataset", str(parquet_repo), "--output-dir", str(out),
-               "--epochs", "50", "--img-size", "32", "--batch-size", "16", "--no-pretrained", "--data-workers", "1",
-               "--samples-per-class", "0", "--checkpoint-every", "2", "--collective-timeout", "15"]
-    launcher = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-    deadline = time.time() + 300
-    while not (out / "checkpoints" / "step_00000004").exists():
-        assert launcher.poll() is None and time.time() < deadline, "the run ended before a rank could be frozen"
-        time.sleep(0.05)
-    workers = psutil.Process(launcher.pid).children(recursive=True)
-    ranks = {int(p.environ()["RANK"]): p for p in workers
-             if "RANK" in p.environ() and "train_accelerate.py" in " ".join(p.cmdline())}
+    launcher, workers, ranks = training_under_way(parquet_repo, out, "--collective-timeout", "15")
     frozen_at = time.time()
     ranks[1].send_signal(signal.SIGSTOP)
     try:

@@ -171,7 +171,7 @@ def test_a_step_the_fp16_scaler_skips_does_not_advance_the_schedule():
     scheduler = build_scheduler(args, optimizer, model, total_steps=10, steps_per_epoch=5)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = TrainState(model, optimizer, scheduler)
-    recipe = Recipe.from_args(args, 4, (0.5,) * 3, (0.25,) * 3, "cpu")
+    recipe = Recipe.from_args(args, 4, (0.5,) * 3, (0.25,) * 3)
     images, labels = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8), torch.arange(8) % 4
     before = [p.detach().clone() for p in model.parameters()]
     lr = scheduler.get_last_lr()

@@ -218,7 +218,7 @@ def test_random_erase_hides_one_box_per_image_and_nothing_else():
 def test_mixup_takes_a_batch_that_lost_an_image():
     """A streamed batch without its undecodable images may be odd-sized; timm's Mixup pairs images."""
     args = parse_args(["--dataset", "cifar10", "--mixup", "0.2", "--cutmix", "1.0", "--img-size", "32"])
-    recipe = Recipe.from_args(args, 4, (0.5,) * 3, (0.25,) * 3, "cpu")
+    recipe = Recipe.from_args(args, 4, (0.5,) * 3, (0.25,) * 3)
     x, targets, labels = recipe(torch.randint(0, 256, (15, 3, 32, 32), dtype=torch.uint8), torch.arange(15) % 4, 32)
     assert x.shape[0] == targets.shape[0] == len(labels) == 14 and targets.shape[1] == 4
     assert torch.equal(labels, torch.arange(14) % 4)
