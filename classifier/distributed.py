@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -66,20 +65,20 @@ _arrivals = itertools.count()  # the same sequence of meeting points on every pr
 
 
 def wait_for_all(timeout_s: float) -> None:
-    """Wait until every process has arrived here, for up to `timeout_s`, on the process group's store: a counter
-    each process adds to, unlike a collective, whose timeout is the process group's. (XLA's processes have no
-    store; they meet in the collective that follows.)"""
+    """Wait until every process has arrived here, for up to `timeout_s`, on the process group's store (each sets a
+    key and waits for all of them), unlike a collective, whose timeout is the process group's. (XLA's processes
+    have no store; they meet in the collective that follows.)"""
     state = PartialState()
     if state.num_processes == 1 or not dist.is_initialized():
         return
-    key, store = f"classifier/arrived/{next(_arrivals)}", dist.distributed_c10d._get_default_store()
-    store.add(key, 1)
-    deadline = time.monotonic() + timeout_s
-    while store.add(key, 0) < state.num_processes:
-        if time.monotonic() > deadline:
-            raise TrainingError(f"Waited {timeout_s:g} s for the other processes; raise --ddp-timeout if one of them "
-                                f"has a long job (downloading the weights, decoding a large data set).")
-        time.sleep(0.1)
+    point, store = next(_arrivals), dist.distributed_c10d._get_default_store()
+    store.set(f"classifier/arrived/{point}/{state.process_index}", "1")
+    try:
+        store.wait([f"classifier/arrived/{point}/{rank}" for rank in range(state.num_processes)],
+                   timedelta(seconds=timeout_s))
+    except RuntimeError as e:  # the store's timeout (DistStoreError, a RuntimeError)
+        raise TrainingError(f"Waited {timeout_s:g} s for the other processes; raise --ddp-timeout if one of them "
+                            f"has a long job (downloading the weights, decoding a large data set).") from e
 
 
 @contextmanager

@@ -179,6 +179,23 @@ class App:
                                                                "predict")
         return dict(top), summary(top, inference_ms, size, predictor), details(top, inference_ms, size, predictor)
 
+    def _heatmap(self, predictor: Predictor, image_path: str, what: str, class_index: int | None = None):
+        """An uploaded image's heatmap for `class_index` (default: the top class), recorded as an `explain`
+        request. -> (heatmap, class index, probabilities, the decoded image); raises ServiceError."""
+        start = time.perf_counter()
+        try:
+            path = uploaded_file(image_path)
+            with self.model_calls():
+                image = self.decode(path.read_bytes(), f"{what} {path.name!r}", predictor)
+                heatmap, index, probs = predictor.explain(image, class_index)
+        except (BadImageError, UploadError) as e:
+            raise BadUpload(str(e)) from None
+        except ExplainError as e:
+            raise ServiceError(f"No heatmap for {predictor.name}: {e}") from None
+        self.monitor.record("explain", 1000 * (time.perf_counter() - start), predictor.label_names[index],
+                            image.size, model=predictor.name)
+        return heatmap, index, probs, image
+
     def explain(self, image_path: str | None, class_name: str | None = None, model: str | None = None):
         """The heatmap of where the model looked for `class_name` (default: its top class) in an upload, and
         {"class", "probability", "low_confidence", "model"}. Costs one extra backward pass, only when asked."""
@@ -189,19 +206,9 @@ class App:
             if class_name and class_name not in predictor.label_names:
                 raise ServiceError(f"{str(class_name)[:100]!r} is not a class of {predictor.name}; its classes are "
                                    f"{', '.join(predictor.label_names)}.")
-            start = time.perf_counter()
-            try:
-                path = uploaded_file(image_path)
-                with self.model_calls():
-                    image = self.decode(path.read_bytes(), f"The upload {path.name!r}", predictor)
-                    index = predictor.label_names.index(class_name) if class_name else None
-                    heatmap, index, probs = predictor.explain(image, index)
-            except (BadImageError, UploadError) as e:
-                raise BadUpload(str(e)) from None
-            except ExplainError as e:
-                raise ServiceError(f"No heatmap for {predictor.name}: {e}") from None
+            index = predictor.label_names.index(class_name) if class_name else None
+            heatmap, index, probs, image = self._heatmap(predictor, image_path, "The upload", index)
         name = predictor.label_names[index]
-        self.monitor.record("explain", 1000 * (time.perf_counter() - start), name, image.size, model=predictor.name)
         return heatmap, {"class": name, "probability": float(probs[index]), "model": predictor.name,
                          "low_confidence": predictor.low_confidence(float(probs.max()))}
 
@@ -283,19 +290,9 @@ class App:
             predictor = self.predictor(model)
             item = evt.value if isinstance(evt.value, dict) else {}
             image = item.get("image") if isinstance(item.get("image"), dict) else {}
-            start = time.perf_counter()
-            try:
-                # the copy Gradio serves the page lives among the uploads; a model folder's files are not named
-                path = uploaded_file(image.get("path") or "")
-                with self.model_calls():
-                    picture = self.decode(path.read_bytes(), f"The image {path.name!r}", predictor)
-                    heatmap, index, probs = predictor.explain(picture)
-            except (BadImageError, UploadError) as e:
-                raise BadUpload(str(e)) from None
-            except ExplainError as e:
-                raise ServiceError(f"No heatmap for {predictor.name}: {e}") from None
+            # the copy Gradio serves the page lives among the uploads; a model folder's files are not named
+            heatmap, index, probs, picture = self._heatmap(predictor, image.get("path") or "", "The image")
         name = predictor.label_names[index]
-        self.monitor.record("explain", 1000 * (time.perf_counter() - start), name, picture.size, model=predictor.name)
         caption = str(item.get("caption") or "")
         true = caption.split("·")[0].removeprefix("true:").strip() if caption.startswith("true:") else None
         said = f"Where the model looked for **{name}** ({100 * float(probs[index]):.0f} %), its answer"
