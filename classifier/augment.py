@@ -83,14 +83,7 @@ class BatchAugment:
         scale = torch.ones(b, device=device)
         if self.level == "strong":
             scale = torch.empty(b, device=device).uniform_(0.75, 1.0)  # zoom in: a mild random-resized-crop
-        theta = torch.zeros(b, 2, 3, device=device)
-        theta[:, 0, 0] = scale * flips
-        theta[:, 1, 1] = scale
-        theta[:, :, 2] = shifts
-        grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
-        # reflection fills the border the way reflect-padding before a random crop does
-        return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False)
-
+        return self._warp(x, scale * flips, scale, shifts, size)
 
     def _random_resized_crop(self, x: torch.Tensor, size: int) -> torch.Tensor:
         """Every image its own random crop (area share and aspect ratio as timm draws them), flipped or not, and
@@ -108,9 +101,17 @@ class BatchAugment:
         # the crop's centre, anywhere that keeps it inside the image (grid units: the image spans -1..1)
         centre = (torch.rand(b, 2, device=device) * 2 - 1) * torch.stack([1 - width, 1 - height], dim=1)
         flips = torch.where(torch.rand(b, device=device) < 0.5, -1.0, 1.0)
-        theta = torch.zeros(b, 2, 3, device=device)
-        theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = width * flips, height, centre
-        grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
+        return self._warp(x, width * flips, height, centre, size)
+
+    @staticmethod
+    def _warp(x: torch.Tensor, x_scale: torch.Tensor, y_scale: torch.Tensor, centre: torch.Tensor,
+              size: int) -> torch.Tensor:
+        """Each image's window (its width and height as fractions of the image's, a negative width mirroring it,
+        centred at `centre` in grid units) resampled to `size` x `size`, in one grid_sample."""
+        theta = torch.zeros(x.shape[0], 2, 3, device=x.device)
+        theta[:, 0, 0], theta[:, 1, 1], theta[:, :, 2] = x_scale, y_scale, centre
+        grid = F.affine_grid(theta, [x.shape[0], 3, size, size], align_corners=False)
+        # reflection fills the border the way reflect-padding before a random crop does
         return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection", align_corners=False)
 
 

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .predict import torch_thread_answers
 from .security import FRAME_ANCESTORS, BodySizeLimit, InFlightLimit, SecurityHeaders, start_janitor
-from .service import ENDPOINTS, App, ServiceError
+from .service import ENDPOINTS, App, ServiceError, details
 from .ui import CSS, build_ui
 
 log = logging.getLogger(__name__)
@@ -95,9 +95,7 @@ def create_app(app: App, notice: str = "", public_stats: bool = True, frame_ance
             return error(413, f"Upload larger than {limits.file_bytes // 2**20} MB.")
         top, inference_ms, size, predictor = await run_in_threadpool(
             app.classify, data, f"The upload {file.filename!r}", top_k, model, "rest_classify")
-        return {"model": predictor.name, "predictions": [{"label": label, "probability": p} for label, p in top],
-                "low_confidence": predictor.low_confidence(top[0][1]), "inference_ms": round(inference_ms, 2),
-                "image_size": list(size)}
+        return details(top, inference_ms, size, predictor)
 
     # the other REST routes: GET, query parameters = the App method's, the same result as the Gradio endpoint
     for endpoint in ENDPOINTS.values():
@@ -114,7 +112,7 @@ def create_app(app: App, notice: str = "", public_stats: bool = True, frame_ance
     # app counts as launched once it is served. (classifier.security.uploaded_file checks the same again.)
     demo.has_launched = True
     # an image plus the multipart framing to REST; a batch's files together to Gradio's upload; JSON elsewhere
-    body_limits = [("/api/classify", limits.file_bytes + 64 * 1024), ("/gradio_api/upload", limits.upload_request_bytes)]
+    body_limits = [(classify_path, limits.file_bytes + 64 * 1024), ("/gradio_api/upload", limits.upload_request_bytes)]
     mounted.add_middleware(BodySizeLimit, routes=body_limits, default_bytes=limits.json_request_bytes)
     mounted.add_middleware(InFlightLimit, path=classify_path, limit=limits.rest_in_flight)
     mounted.add_middleware(SecurityHeaders, frame_ancestors=frame_ancestors)

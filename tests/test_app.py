@@ -500,22 +500,26 @@ def gallery_click(path: str, index: int = 0):
     return gr.SelectData(None, {"index": index, "value": {"image": {"path": path}, "caption": "✓ red 90 %"}})
 
 
+def served_copy(path: Path, folder: str) -> Path:
+    """A copy of `path` where Gradio serves a gallery's images from (its upload folder), as a click names it."""
+    from gradio.utils import get_upload_folder
+
+    shown = Path(get_upload_folder()) / folder / path.name
+    shown.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, shown)
+    return shown
+
+
 def test_a_gallery_click_classifies_the_image_clicked_and_a_failed_one_is_an_error(trained):
     """A click names its image (the index alone meant a different image once the filter had changed); a click that
     names no image of this server is refused and counted as an error of `predict`, as users see it."""
-    import shutil
-
-    from gradio.utils import get_upload_folder
-
     from classifier.monitor import RequestMonitor
     from classifier.service import App, ServiceError
 
     app = App(load_predictors(str(trained))[0], RequestMonitor())
     predictor = next(iter(app.predictors.values()))
     sample = next(s for s in predictor.samples if s.kind == "gallery" and s.label == "blue")
-    shown = Path(get_upload_folder()) / "test-gallery-click" / sample.path.name  # where Gradio serves it from
-    shown.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(sample.path, shown)
+    shown = served_copy(sample.path, "test-gallery-click")
     top, _ = app.classify_sample(3, None, gallery_click(str(shown), index=99))
     expected, _, _ = predictor.classify(open_rgb_file(sample.path), 3)
     assert list(top) == [label for label, _ in expected]
@@ -529,19 +533,13 @@ def test_a_gallery_click_classifies_the_image_clicked_and_a_failed_one_is_an_err
 def test_a_gallery_or_failure_click_shows_the_image_beside_its_heatmap(trained):
     """Any gallery or failure image, clicked, is shown beside its Grad-CAM for the model's answer, with the true class
     for a failure (issue 37, point 12); a click that names no image of this server is refused and counted."""
-    import shutil
-
-    from gradio.utils import get_upload_folder
-
     from classifier.monitor import RequestMonitor
     from classifier.service import App, ServiceError
 
     app = App(load_predictors(str(trained))[0], RequestMonitor())
     predictor = next(iter(app.predictors.values()))
     sample = next(s for s in predictor.samples if s.kind == "gallery" and s.label == "green")
-    shown = Path(get_upload_folder()) / "test-heatmap-click" / sample.path.name  # where Gradio serves it from
-    shown.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(sample.path, shown)
+    shown = served_copy(sample.path, "test-heatmap-click")
     (image, heatmap), said = app.explain_sample(None, gallery_click(str(shown)))
     assert image.size == heatmap.size == open_rgb_file(sample.path).size and image.tobytes() != heatmap.tobytes()
     top, _, _ = predictor.classify(open_rgb_file(sample.path), 1)

@@ -105,6 +105,14 @@ def open_heatmap_panel(page) -> None:
         page.locator("#explain").get_by_text("Where the model looked").click()
 
 
+def upload_and_ask_for_the_heatmap(page, image) -> None:
+    """Classify `image` on the Classify tab, then press Show heatmap once its answer is there."""
+    page.locator("#upload input[type=file]").set_input_files(str(image))
+    expect(page.locator("#summary")).to_contain_text("inference", timeout=30_000)
+    open_heatmap_panel(page)
+    page.get_by_role("button", name="Show heatmap").click()
+
+
 def test_gallery_captions_are_whole_and_the_command_wraps(page):
     for tab, gallery in (("Gallery", "#gallery"), ("Where it fails", "#failures")):
         page.get_by_role("tab", name=tab).click()
@@ -159,10 +167,7 @@ def test_the_heatmap_is_shown_on_request(page, tmp_path):
     page.get_by_role("tab", name="Classify").click()
     image = tmp_path / "for-heatmap.png"
     shape_image("yellow", random.Random(21), size=64).save(image)
-    page.locator("#upload input[type=file]").set_input_files(str(image))
-    expect(page.locator("#summary")).to_contain_text("inference", timeout=30_000)
-    open_heatmap_panel(page)
-    page.get_by_role("button", name="Show heatmap").click()
+    upload_and_ask_for_the_heatmap(page, image)
     expect(page.locator("#heatmap img")).to_be_visible(timeout=30_000)
 
 
@@ -426,10 +431,7 @@ def test_a_small_images_heatmap_is_shown_large(page, server, tmp_path, width):
     other = new_page(page, server[0], width)
     image = tmp_path / "small.png"
     shape_image("red", random.Random(41), size=32).save(image)
-    other.locator("#upload input[type=file]").set_input_files(str(image))
-    expect(other.locator("#summary")).to_contain_text("inference", timeout=30_000)
-    open_heatmap_panel(other)
-    other.get_by_role("button", name="Show heatmap").click()
+    upload_and_ask_for_the_heatmap(other, image)
     shown = other.locator("#heatmap img")
     expect(shown).to_be_visible(timeout=30_000)
     box = shown.bounding_box()
