@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from accelerate.utils.constants import OPTIMIZER_NAME, RNG_STATE_NAME, SAFE_MODEL_NAME
 from safetensors.torch import load_file, save_file
 
-from .distributed import agreed, together
+from .distributed import together
 from .state import TrainingError, TrainState
 
 CHECKPOINT_DIR = "checkpoints"
@@ -44,10 +44,10 @@ def save_checkpoint(accelerator: Accelerator, state: TrainState, output_dir: Pat
     progress = state.progress
     # the weights are the same on every process (DDP), so every process stops here alike
     if not all(torch.isfinite(p).all() for p in state.model.parameters()):
-        raise agreed(TrainingError(
+        raise TrainingError(
             f"Model weights became non-finite by optimizer step {progress.optimizer_steps} (epoch "
             f"{progress.epoch + 1}); the checkpoint was not saved. Lower --lr or set --clip-grad and "
-            f"--resume latest from the last good checkpoint in {checkpoint_dir(output_dir)}."))
+            f"--resume latest from the last good checkpoint in {checkpoint_dir(output_dir)}.")
     folder = checkpoint_dir(output_dir) / f"step_{progress.optimizer_steps:08d}"
     partial = folder.with_name(folder.name + ".partial")
     with together(accelerator):

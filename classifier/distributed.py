@@ -5,10 +5,13 @@
   differently on each process. The data order and its sharding do not use these generators: they come from a
   generator of their own seeded by (seed, epoch) (engine.train_batches), the same on every process. The initial
   weights differ per process too, but DDP copies process 0's to the others when accelerate prepares the model.
-- Failures (`together`, `agreed`): a run-ending error found on one process must end every process with that
+- Failures (`together`, `end_run`): a run-ending error found on one process must end every process with that
   error, not leave the others waiting in a collective until it times out. Errors are exchanged at points every
-  process reaches anyway: after each block of set-up work, and in the training loop's periodic reduction of its
-  statistics. Then every process raises the same error, the main process prints it once, and all exit with 2.
+  process reaches anyway: after each block of set-up work (`together`), and where every process holds the same
+  numbers (the training loop's reduced losses and its count of undecodable images, the gathered evaluation
+  logits). Every process then raises the same error, and `end_run` ends them: processes that ended together meet
+  once more, the main process prints the error, and all exit with 2 at once; a process that ended alone (a
+  collective timed out on it) finds nobody to meet and prints its own.
 - Waiting (`process_group_kwargs`, `together(patience_s=...)`): every collective times out after
   `--collective-timeout` (10 minutes), so a process that stops answering in training ends the run in minutes.
   Where one process does a long job the others have to wait for (the main process of a machine downloading the
@@ -21,8 +24,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import NoReturn
 
 import torch.distributed as dist
 
@@ -51,34 +56,48 @@ def local_process_count(accelerator: Accelerator) -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
 
 
-def agreed(error: Exception) -> Exception:
-    """Mark an error that every process raises at the same point, so that only the main process prints it."""
-    error.on_every_process = True
-    return error
-
-
-def on_every_process(error: Exception) -> bool:
-    return getattr(error, "on_every_process", False)
-
-
 _arrivals = itertools.count()  # the same sequence of meeting points on every process
+# how long a process that ends the run waits for the others to end it too: processes that raised the same error
+# arrive within moments of each other
+ENDING_TOGETHER_S = 10
+
+
+def all_arrive(point: str, timeout_s: float) -> bool:
+    """Whether every process arrives at `point` within `timeout_s`, waiting on the process group's store (each
+    sets a key and waits for all of them), unlike a collective, whose timeout is the process group's. XLA's
+    processes have no store: True at once (they meet in the collective that follows), as for one process."""
+    state = PartialState()
+    if state.num_processes == 1 or not dist.is_initialized():
+        return True
+    store = dist.distributed_c10d._get_default_store()
+    store.set(f"classifier/{point}/{state.process_index}", "1")
+    try:
+        store.wait([f"classifier/{point}/{rank}" for rank in range(state.num_processes)], timedelta(seconds=timeout_s))
+    except RuntimeError:  # the store's timeout (DistStoreError, a RuntimeError)
+        return False
+    return True
 
 
 def wait_for_all(timeout_s: float) -> None:
-    """Wait until every process has arrived here, for up to `timeout_s`, on the process group's store (each sets a
-    key and waits for all of them), unlike a collective, whose timeout is the process group's. (XLA's processes
-    have no store; they meet in the collective that follows.)"""
-    state = PartialState()
-    if state.num_processes == 1 or not dist.is_initialized():
-        return
-    point, store = next(_arrivals), dist.distributed_c10d._get_default_store()
-    store.set(f"classifier/arrived/{point}/{state.process_index}", "1")
-    try:
-        store.wait([f"classifier/arrived/{point}/{rank}" for rank in range(state.num_processes)],
-                   timedelta(seconds=timeout_s))
-    except RuntimeError as e:  # the store's timeout (DistStoreError, a RuntimeError)
+    if not all_arrive(f"arrived/{next(_arrivals)}", timeout_s):
         raise TrainingError(f"Waited {timeout_s:g} s for the other processes; raise --ddp-timeout if one of them "
-                            f"has a long job (downloading the weights, decoding a large data set).") from e
+                            f"has a long job (downloading the weights, decoding a large data set).")
+
+
+def end_run(message: str) -> NoReturn:
+    """Print a run-ending error once and exit with 2, on every process. Processes that raised the same error meet
+    here: the main process prints it, and all leave at once, together (os._exit): the launcher stops the remaining
+    processes as soon as one has exited, and an interpreter's shutdown would give it time to catch the others
+    before they exit with 2. A process that does not meet the others within ENDING_TOGETHER_S ended alone, and
+    prints its own error. (Without a store, on XLA, each process prints.)"""
+    state = PartialState()
+    met = state.num_processes > 1 and dist.is_initialized() and all_arrive("ended", ENDING_TOGETHER_S)
+    if state.is_main_process or not met:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    if state.num_processes == 1:
+        sys.exit(2)
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(2)
 
 
 @contextmanager
@@ -97,7 +116,7 @@ def together(accelerator: Accelerator, patience_s: float | None = None):
     if accelerator.num_processes > 1:
         failures = [f for f in from_every_process(failure) if f is not None]
         if failures:
-            raise agreed(failures[0]) from None
+            raise failures[0] from None
     elif failure is not None:
         raise failure
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +21,9 @@ from tqdm.auto import tqdm
 
 from . import metrics as metrics_lib
 from .augment import BatchAugment, normalize
-from .checkpoint import checkpoint_dir
 from .data import StreamedSplit, TensorSplit, undecodable
-from .distributed import agreed
 from .model import view_logits
-from .state import TrainingError, TrainState, new_running
+from .state import Progress, TrainingError, TrainState, new_running
 
 WINDOW = 10  # batches between reads of the loss: each read waits for the device
 
@@ -106,6 +105,8 @@ class Recipe:
 
     @classmethod
     def from_args(cls, args, num_classes: int, mean, std, store_size: int | None = None) -> "Recipe":
+        """From the recipe options of `args` (options.Options): augment, img_size, random_erase, crop_scale, mixup,
+        cutmix, label_smoothing."""
         # random-resized crops only where the cached images are larger than the input: smaller ones (CIFAR-10's
         # 32 px for a 96 px input) have no detail to crop into
         crop_scale = args.crop_scale if (store_size or 0) > args.img_size else 1.0
@@ -129,26 +130,41 @@ class Recipe:
         return *self.mixup(x, labels), labels
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    """How the training set is cut into steps; the same on every process."""
+    """How the run is cut into epochs and steps, and at what size each epoch trains; the same on every process."""
 
     batch_size: int  # per process
     batches_per_epoch: int  # per process, whole accumulation cycles
     steps_per_epoch: int  # optimizer steps
+    epochs: int
+    seed: int  # of the data order (train_batches)
+    img_size: int
+    min_img_size: int  # progressive resizing from this size up (progressive_img_size); img_size: off
+    resize_ramp: tuple[float, float]
+    checkpoint_every: int | str | None  # optimizer steps, "epoch" or None
+
+    def img_size_at(self, epoch: int) -> int:
+        return progressive_img_size(epoch, self.epochs, self.min_img_size, self.img_size, self.resize_ramp)
+
+    def checkpoint_due(self, optimizer_steps: int) -> bool:
+        return isinstance(self.checkpoint_every, int) and optimizer_steps % self.checkpoint_every == 0
 
 
 def train_one_epoch(epoch: int, state: TrainState, train_data: TensorSplit | StreamedSplit, recipe: Recipe,
-                    plan: Plan, accelerator: Accelerator, args, on_checkpoint) -> int:
+                    plan: Plan, accelerator: Accelerator, on_checkpoint, *, clip_grad: float | None,
+                    skip_bad_images: bool, workers: int, checkpoints: Path) -> int:
     """Train `epoch` from where `state.progress` says it stands; `on_checkpoint()` is called when a checkpoint
-    is due. The statistics in `state.progress.running` are sums over every process. -> the training size."""
+    is due (`checkpoints`, the folder they are in, is for the message of a diverged run). `workers` decode a
+    streamed training set. The statistics in `state.progress.running` are sums over every process. -> the
+    training size."""
     progress = state.progress
     state.model.train()
-    batches = train_batches(len(train_data), plan.batch_size, args.seed, epoch, accelerator.process_index,
+    batches = train_batches(len(train_data), plan.batch_size, plan.seed, epoch, accelerator.process_index,
                             accelerator.num_processes)[:plan.batches_per_epoch]
-    img_size = progressive_img_size(epoch, args.epochs, args.min_img_size, args.img_size, args.resize_ramp)
-    desc = f"epoch {epoch + 1}/{args.epochs}" + (f" at {img_size}px" if img_size != args.img_size else "")
-    inputs = training_inputs(train_data, batches[progress.batches_done:], accelerator.device, args.data_workers)
+    img_size = plan.img_size_at(epoch)
+    desc = f"epoch {epoch + 1}/{plan.epochs}" + (f" at {img_size}px" if img_size != plan.img_size else "")
+    inputs = training_inputs(train_data, batches[progress.batches_done:], accelerator.device, workers)
     if not progress.compute_dtype:
         record_compute_dtype(state)
     window = Window(time.perf_counter())
@@ -157,14 +173,16 @@ def train_one_epoch(epoch: int, state: TrainState, train_data: TensorSplit | Str
         for batch_index, (images, y, failed) in enumerate(inputs, start=progress.batches_done):
             window.failed += failed
             lr = max(state.scheduler.get_last_lr())  # the head's: layer decay and a frozen backbone lower the others
-            loss, logits, y = train_step(state, recipe, accelerator, images, y, img_size, args.clip_grad)
+            loss, logits, y = train_step(state, recipe, accelerator, images, y, img_size, clip_grad)
             progress.batches_done = batch_index + 1
             bar.update()  # host-side only: the bar moves with every batch, the loss comes with each window
             window.add(loss.detach(), (logits.argmax(-1) == y).sum(), len(y))
-            checkpoint_due = (isinstance(args.checkpoint_every, int) and accelerator.sync_gradients
-                              and progress.optimizer_steps % args.checkpoint_every == 0)
+            checkpoint_due = accelerator.sync_gradients and plan.checkpoint_due(progress.optimizer_steps)
             if len(window.losses) == WINDOW or batch_index == len(batches) - 1 or checkpoint_due:
-                losses = window.close(accelerator, state, epoch, batch_index, args)
+                losses = window.close(accelerator)
+                first_batch = batch_index - len(losses) + 1
+                check_window(window, losses, progress, epoch, first_batch, skip_bad_images, checkpoints)
+                window.add_to(progress.running)
                 bar.set_postfix(loss=f"{losses.mean().item():.3f}", lr=f"{lr:.2e}",
                                 img_s=f"{window.seen / window.elapsed:.0f}")
                 accelerator.log({"train/loss": losses.mean().item(), "lr": lr}, step=progress.optimizer_steps)
@@ -229,15 +247,19 @@ def mark_step(accelerator: Accelerator) -> None:
 
 @dataclass
 class Window:
-    """A few batches' statistics, read and reduced over all processes together: one device sync and one
-    small all-reduce per window, which is also where every process learns of another's failure."""
+    """A few batches' statistics, read and reduced over all processes together: one device sync and one small
+    all-reduce per window, after which every process holds the same numbers."""
 
     started: float
     losses: list = field(default_factory=list)
     correct: list = field(default_factory=list)
     samples: int = 0
     failed: list = field(default_factory=list)  # this process's messages for streamed images that failed to decode
-    seen: float = 0.0  # after close(): images of the window over all processes
+    # after close(), over all processes:
+    loss_sum: float = 0.0  # of the batches' losses, each the mean over processes
+    total_correct: float = 0.0
+    seen: float = 0.0  # images
+    undecodable: float = 0.0  # images that failed to decode
     elapsed: float = 0.0
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor, samples: int) -> None:
@@ -245,9 +267,8 @@ class Window:
         self.correct.append(correct)
         self.samples += samples
 
-    def close(self, accelerator: Accelerator, state: TrainState, epoch: int, last_batch: int, args) -> torch.Tensor:
-        """Add the window to the epoch's running sums; -> its losses (each the mean over processes). A non-finite
-        loss, or an undecodable image without --skip-bad-images, on any process ends the run on all of them."""
+    def close(self, accelerator: Accelerator) -> torch.Tensor:
+        """Reduce the window over all processes. -> its losses, each the mean over processes."""
         device = self.losses[0].device
         local = torch.cat([torch.stack(self.losses).float(),
                            torch.stack([torch.stack(self.correct).sum().float(),
@@ -255,26 +276,33 @@ class Window:
                                         torch.tensor(float(len(self.failed)), device=device)])])
         total = accelerator.reduce(local, "sum")
         losses = total[:len(self.losses)] / accelerator.num_processes
-        correct, self.seen, failed = total[len(self.losses):].tolist()
-        progress = state.progress
-        if failed:
-            messages = sorted(set(gather_object(self.failed)))
-            if not args.skip_bad_images:
-                raise agreed(undecodable("decode train", messages[0]))
-            progress.skipped_train = sorted(set(progress.skipped_train) | set(messages))
-        if not torch.isfinite(losses).all():
-            bad = int((~torch.isfinite(losses)).nonzero()[0])
-            raise agreed(TrainingError(
-                f"Loss became {losses[bad].item()} at epoch {epoch + 1}, batch "
-                f"{last_batch - len(self.losses) + 1 + bad}. Lower --lr or enable --clip-grad; checkpoints in "
-                f"{checkpoint_dir(args.output_dir)} (if any) hold the last good state."))
-        self.elapsed = time.perf_counter() - self.started
-        progress.running["loss"] += losses.sum().item()
-        progress.running["correct"] += correct
-        progress.running["seen"] += self.seen
-        progress.running["seconds"] += self.elapsed
-        progress.running.setdefault("windows", []).append([self.seen, self.elapsed])
+        self.total_correct, self.seen, self.undecodable = total[len(self.losses):].tolist()
+        self.loss_sum, self.elapsed = losses.sum().item(), time.perf_counter() - self.started
         return losses
+
+    def add_to(self, running: dict) -> None:
+        """Add the closed window to the epoch's running sums (state.Progress.running)."""
+        running["loss"] += self.loss_sum
+        running["correct"] += self.total_correct
+        running["seen"] += self.seen
+        running["seconds"] += self.elapsed
+        running.setdefault("windows", []).append([self.seen, self.elapsed])
+
+
+def check_window(window: Window, losses: torch.Tensor, progress: Progress, epoch: int, first_batch: int,
+                 skip_bad_images: bool, checkpoints: Path) -> None:
+    """End the run on a closed window with a non-finite loss, or an undecodable image without --skip-bad-images,
+    on any process: every process holds the same reduced numbers, so every process raises the same error."""
+    if window.undecodable:
+        messages = sorted(set(gather_object(window.failed)))
+        if not skip_bad_images:
+            raise undecodable("decode train", messages[0])
+        progress.skipped_train = sorted(set(progress.skipped_train) | set(messages))
+    if not torch.isfinite(losses).all():
+        bad = int((~torch.isfinite(losses)).nonzero()[0])
+        raise TrainingError(
+            f"Loss became {losses[bad].item()} at epoch {epoch + 1}, batch {first_batch + bad}. Lower --lr or enable "
+            f"--clip-grad; checkpoints in {checkpoints} (if any) hold the last good state.")
 
 
 def epoch_record(state: TrainState, epoch: int, img_size: int, batches: int, val: dict, started: float) -> dict:
@@ -330,8 +358,8 @@ def collect_view_logits(model, loader, accelerator, mean, std, tta: str,
     # "Input contains NaN". The logits are gathered, so every process finds the same and raises together
     broken = int((~torch.isfinite(logits)).any(-1).any(0).sum())
     if broken:
-        raise agreed(TrainingError(f"{desc}: the model's outputs are not finite (NaN or inf) for {broken} of "
-                                   f"{len(labels)} images, so its weights are. Lower --lr or set --clip-grad."))
+        raise TrainingError(f"{desc}: the model's outputs are not finite (NaN or inf) for {broken} of "
+                            f"{len(labels)} images, so its weights are. Lower --lr or set --clip-grad.")
     return logits, labels
 
 

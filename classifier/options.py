@@ -1,7 +1,10 @@
-"""Command-line options of train_accelerate.py. Recipe options default to the dataset preset's recipe."""
+"""Command-line options of train_accelerate.py, parsed once into a frozen `Options`. Recipe options default to the
+dataset preset's recipe; the run resolves the rest (`apply_recipe`, the lr scaling in classifier.train) into new
+Options, never by changing one."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -212,7 +215,17 @@ def dataset_slug(dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", dataset.rstrip("/").split("/")[-1]).strip("-") or "dataset"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def _options_class():
+    """A frozen dataclass with a field per option of the parser, and two the parsing adds: the recipe options
+    given on the command line (`recipe_given`) and the line that repeats the run (`command`)."""
+    names = dict.fromkeys(action.dest for action in build_parser()._actions if action.dest != "help")
+    return dataclasses.make_dataclass("Options", [*names, "recipe_given", "command"], frozen=True)
+
+
+Options = _options_class()
+
+
+def parse_args(argv=None) -> Options:
     parser = build_parser()
     args = parser.parse_args(argv)
     erase_given = args.random_erase is not None
@@ -252,17 +265,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.run_name = args.run_name or f"{args.model}-{Path(args.output_dir).name}"
     # the line that repeats this run, launcher included, for the record and the model card
     args.command = run_command(sys.argv[1:] if argv is None else [str(a) for a in argv])
-    return args
+    return Options(**vars(args))
 
 
-def apply_recipe(args: argparse.Namespace, pretrained: bool) -> str:
-    """Fill the recipe options not given on the command line from the recipe that fits the weights: fine-tuning
-    for pretrained ones, from scratch otherwise (or as --recipe says). -> the recipe's name."""
-    kind = args.recipe if args.recipe != "auto" else ("finetune" if pretrained else "scratch")
-    for key, value in recipe_for(args.dataset, kind).items():
-        if key not in args.recipe_given:
-            setattr(args, key, value)
-    return kind
+def apply_recipe(options: Options, pretrained: bool) -> tuple[Options, str]:
+    """The options with those not given on the command line taken from the recipe that fits the weights:
+    fine-tuning for pretrained ones, from scratch otherwise (or as --recipe says). -> (options, the recipe's name)"""
+    kind = options.recipe if options.recipe != "auto" else ("finetune" if pretrained else "scratch")
+    values = {key: value for key, value in recipe_for(options.dataset, kind).items()
+              if key not in options.recipe_given}
+    return dataclasses.replace(options, **values), kind
 
 
 def scaled_lr(lr: float, rule: str, optimizer: str, global_batch: int, reference_batch: int) -> tuple[float, str]:

@@ -80,7 +80,7 @@ def model_card(
 ) -> ModelCard:
     """`dataset`: its Hub id or folder name, never a local path; `weights`: the run's model.StartingWeights (Hub
     weights are the card's base model, and their license is the card's); `trained_on`: how many processes of which kind,
-    precision and hardware (RunFacts.describe()); `calibration`: metrics.json's record of the fitted temperature
+    precision and hardware (RunRecord.describe()); `calibration`: metrics.json's record of the fitted temperature
     (classifier.calibration.calibrate); `data_note`: where the evaluated split came from, when not the Hub."""
     results = [
         EvalResult(task_type="image-classification", dataset_type=dataset_hub_id or dataset, dataset_name=dataset,

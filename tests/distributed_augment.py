@@ -18,11 +18,11 @@ from classifier.augment import BatchAugment
 from classifier.distributed import seed_processes
 from classifier.engine import Window, train_batches
 from classifier.options import parse_args
-from classifier.train import build_training, setup
+from classifier.train import setup
 
-out, args = sys.argv[1], parse_args(sys.argv[2:])
-accelerator, weights, data = setup(args)
-training = build_training(args, accelerator, weights, data)
+out = sys.argv[1]
+accelerator, record, data, training = setup(parse_args(sys.argv[2:]))
+args = record.options
 rank, world, batch = accelerator.process_index, accelerator.num_processes, training.plan.batch_size
 index = train_batches(len(data.train), batch, args.seed, 0, 0, world)[0]
 images, labels = data.train.images[index], data.train.labels[index]
@@ -58,7 +58,8 @@ with torch.no_grad():
 orders = gather_object([[b.tolist() for b in train_batches(len(data.train), batch, args.seed, 0, rank, world)]])
 window = Window(time.perf_counter())
 window.add(torch.tensor(rank + 1.0), torch.tensor(rank + 3), 10 + rank)
-losses = window.close(accelerator, training.state, 0, 0, args)
+losses = window.close(accelerator)
+window.add_to(training.state.progress.running)
 running = {k: training.state.progress.running[k] for k in ("loss", "correct", "seen")}
 if accelerator.is_main_process:
     json.dump({"window": {"losses": losses.tolist(), "running": running}, "num_processes": world, "differs": differs, "repeatable": repeatable,

@@ -230,6 +230,18 @@ def test_data_error_while_the_main_process_fills_the_cache_stops_both(broken_tra
     assert f"decode train: row {BAD_ROW} (broken.png)" in error
 
 
+def test_a_process_that_fails_alone_ends_the_run_with_its_own_line():
+    """Process 1 ends the run with an error process 0 does not have, while process 0 waits for it in a collective
+    (timeout 600 s): process 1 waits a few seconds for the others to end too, finds nobody, prints its line, and
+    the launcher ends the run."""
+    started = time.time()
+    result = torchrun(2, "tests/distributed_ending.py", timeout=120)
+    output = result.stdout + result.stderr
+    assert time.time() - started < 60, output[-3000:]  # not the collective's 600 s
+    assert result.returncode == 1 and "exitcode  : 2" in result.stderr, output[-3000:]
+    assert [line for line in output.splitlines() if line.startswith("error: ")] == ["error: process 1 failed alone"]
+
+
 def training_under_way(dataset: Path, out: Path, *options: str):
     """A long 2-process run, once both ranks have trained 4 steps; -> (the launcher, every process under it, the
     training processes by rank)."""

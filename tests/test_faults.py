@@ -87,7 +87,6 @@ def test_weights_that_diverged_after_the_last_checked_loss_are_named_at_evaluati
     import timm
     from accelerate import Accelerator
 
-    from classifier.distributed import on_every_process
     from classifier.engine import collect_view_logits
     from classifier.state import TrainingError
 
@@ -97,11 +96,9 @@ def test_weights_that_diverged_after_the_last_checked_loss_are_named_at_evaluati
     loader = [(torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8), torch.arange(5) % 4)]
     mean, std = torch.tensor([0.5] * 3), torch.tensor([0.25] * 3)
     with pytest.raises(TrainingError, match=r"validate: the model's outputs are not finite \(NaN or inf\) for 5 "
-                                            r"of 5 images.*Lower --lr") as raised:
+                                            r"of 5 images.*Lower --lr"):
         reset_accelerate_state()
         collect_view_logits(model, loader, Accelerator(cpu=True), mean, std, "none", desc="validate")
-    # the logits are gathered, so every process raises it: printed once by the main process, all leave together
-    assert on_every_process(raised.value)
 
 
 @pytest.mark.slow
