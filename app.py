@@ -30,6 +30,8 @@ parser.add_argument("--private-stats", action="store_true", default=os.environ.g
                     help="no Monitoring tab and no /stats endpoint (env PUBLIC_STATS=0); the request log is kept")
 parser.add_argument("--frame-ancestors", default=os.environ.get("FRAME_ANCESTORS", FRAME_ANCESTORS),
                     help="sites allowed to embed the app in a frame (CSP frame-ancestors; env FRAME_ANCESTORS)")
+parser.add_argument("--no-mcp", dest="mcp", action="store_false", default=os.environ.get("MCP_SERVER", "1") != "0",
+                    help="no MCP server at /gradio_api/mcp/ for LLM agents (env MCP_SERVER=0)")
 
 
 def build(args: argparse.Namespace, limits: Limits = Limits()) -> FastAPI:
@@ -41,7 +43,7 @@ def build(args: argparse.Namespace, limits: Limits = Limits()) -> FastAPI:
     except ModelSourceError as e:
         raise SystemExit(f"error: {e}")
     return create_app(App(predictors, RequestMonitor(), limits), notice, public_stats=not args.private_stats,
-                      frame_ancestors=args.frame_ancestors)
+                      frame_ancestors=args.frame_ancestors, mcp_server=args.mcp)
 
 
 def main(argv=None) -> None:

@@ -154,10 +154,11 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False, revisio
 
 
 def space_readme(space_id: str, model_id: str, datasets: list[str], hardware: str) -> str:
-    gradio_pin = re.search(r"^gradio==([\w.]+)", SERVING_REQUIREMENTS.read_text(), re.M)
+    # the Space runs the Gradio that the serving requirements pin (an extra such as [mcp] or not)
+    gradio_version = re.search(r"^gradio(?:\[[\w,]+\])?==([\w.]+)", SERVING_REQUIREMENTS.read_text(), re.M).group(1)
     lines = [
         "---", f"title: {space_id.split('/')[-1]}", "emoji: 🖼️", "colorFrom: indigo", "colorTo: blue",
-        "sdk: gradio", f"sdk_version: {gradio_pin.group(1) if gradio_pin else '6.31.0'}", "app_file: app.py",
+        "sdk: gradio", f"sdk_version: {gradio_version}", "app_file: app.py",
         f'python_version: "{PYTHON_VERSION}"', "license: apache-2.0",
         "short_description: Image classifier (timm) with top-k, galleries, batch",
         f"models:\n- {model_id}", *(["datasets:\n" + "\n".join(f"- {d}" for d in datasets)] if datasets else []),

@@ -57,7 +57,8 @@ def error(status: int, message: str, headers: dict | None = None, **extra) -> JS
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
-def create_app(app: App, notice: str = "", public_stats: bool = True, frame_ancestors: str = FRAME_ANCESTORS) -> FastAPI:
+def create_app(app: App, notice: str = "", public_stats: bool = True, frame_ancestors: str = FRAME_ANCESTORS,
+               mcp_server: bool = True) -> FastAPI:
     limits = app.limits
     api = FastAPI(title="Image classifier", description="POST /api/classify with an image file; GET /healthz.")
 
@@ -107,12 +108,15 @@ def create_app(app: App, notice: str = "", public_stats: bool = True, frame_ance
     # two workers suit a 2-core CPU Space: one request computes while the other uploads/decodes
     demo.queue(default_concurrency_limit=2, max_size=limits.queue_size)
     mounted = gr.mount_gradio_app(api, demo, path="/", max_file_size=limits.file_bytes,
-                                  allowed_paths=app.served_files(), show_error=False, theme=gr.themes.Soft(), css=CSS)
+                                  allowed_paths=app.served_files(), show_error=False, theme=gr.themes.Soft(), css=CSS,
+                                  mcp_server=mcp_server)
     # Gradio checks that a file named in a request was uploaded by a user only for apps it launched itself; a mounted
     # app counts as launched once it is served. (classifier.security.uploaded_file checks the same again.)
     demo.has_launched = True
-    # an image plus the multipart framing to REST; a batch's files together to Gradio's upload; JSON elsewhere
-    body_limits = [(classify_path, limits.file_bytes + 64 * 1024), ("/gradio_api/upload", limits.upload_request_bytes)]
+    # an image plus the multipart framing to REST; a batch's files together to Gradio's upload; an MCP call carries
+    # its image inside the JSON as base64 (4/3 of the bytes) plus the request's framing; JSON elsewhere
+    body_limits = [(classify_path, limits.file_bytes + 64 * 1024), ("/gradio_api/upload", limits.upload_request_bytes),
+                   ("/gradio_api/mcp", limits.file_bytes * 4 // 3 + 16 * 1024)]
     mounted.add_middleware(BodySizeLimit, routes=body_limits, default_bytes=limits.json_request_bytes)
     mounted.add_middleware(InFlightLimit, path=classify_path, limit=limits.rest_in_flight)
     mounted.add_middleware(SecurityHeaders, frame_ancestors=frame_ancestors)

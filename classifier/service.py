@@ -163,9 +163,17 @@ class App:
 
     # -- classify
     def predict(self, image_path: str | None, top_k: int = 5, model: str | None = None):
-        """The Classify tab and /predict: -> ({label: probability}, a one-line summary, the details as JSON with
-        REST's names: {"model", "predictions": [{"label", "probability"}], "low_confidence", "inference_ms",
-        "image_size"})."""
+        """Classify an image: the most likely classes and their probabilities (the Classify tab; REST's
+        POST /api/classify answers the details alone).
+
+        Args:
+            image_path: the image (PNG, JPEG, GIF, WebP, BMP, TIFF...).
+            top_k: how many classes to return, the most likely first.
+            model: which served model answers (default: the first one).
+        Returns:
+            {label: probability}, a one-line summary, and the details with REST's names: {"model", "predictions":
+            [{"label", "probability"}], "low_confidence", "inference_ms", "image_size"}.
+        """
         with self.counted("predict", model):
             if image_path is None:
                 raise ServiceError("Upload an image first.")
@@ -197,8 +205,16 @@ class App:
         return heatmap, index, probs, image
 
     def explain(self, image_path: str | None, class_name: str | None = None, model: str | None = None):
-        """The heatmap of where the model looked for `class_name` (default: its top class) in an upload, and
-        {"class", "probability", "low_confidence", "model"}. Costs one extra backward pass, only when asked."""
+        """Where the model looked: a Grad-CAM heatmap over the image for one class. Costs one extra backward
+        pass, only when asked.
+
+        Args:
+            image_path: the image (PNG, JPEG, GIF, WebP, BMP, TIFF...).
+            class_name: the class to explain (default: the model's top class for this image).
+            model: which served model answers (default: the first one).
+        Returns:
+            the heatmap image, and {"class", "probability", "low_confidence", "model"}.
+        """
         with self.counted("explain", model):
             if image_path is None:
                 raise ServiceError("Upload an image first.")

@@ -47,6 +47,20 @@ class UploadedImage(gr.Image):
         return payload.path
 
 
+class ClassName(gr.Dropdown):
+    """gr.Dropdown whose API schema is any string, so API and MCP clients may name any class.
+
+    Gradio lists a dropdown's start-up choices as the only allowed values (allow_custom_value or not), and MCP
+    clients enforce that list: the heatmap's menu starts empty and would refuse every class. The service checks the
+    name against the model's classes and says which exist.
+    """
+
+    is_template = True
+
+    def api_info(self):
+        return {"type": "string"}
+
+
 # Gradio gives every event a queue of its own (its concurrency_id defaults to the function); the events that run a
 # model share one: MODEL_CALLS at once over all of them. Batches queue apart, one at a time, and take one of those
 # places (App.model_calls) when they run, so single predictions always have a place while batches wait.
@@ -133,6 +147,7 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
     def explain_gallery_sample(model: str | None, evt: gr.SelectData, request: gr.Request = None):
         return explain_sample(model, evt, request)[0]  # the Gallery tab has the prediction's own summary
 
+    # App's docstrings describe the endpoints on the API page and the tools to an MCP client (an LLM agent)
     for handler in (predict, explain, classify_batch, classify_sample, explain_sample):
         handler.__doc__ = getattr(App, handler.__name__).__doc__
     gallery_items = app.gallery(names[0])  # the first model's, shown from the start: a page load is not a request
@@ -168,8 +183,8 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                         details = gr.JSON(label="Details", visible=False, elem_id="details")
                         with gr.Accordion("Where the model looked", open=False, elem_id="explain"):
                             with gr.Row():
-                                explain_class = gr.Dropdown([], label="Class (default: the top one)",
-                                                            allow_custom_value=True, scale=3, elem_id="explain-class")
+                                explain_class = ClassName([], label="Class (default: the top one)",
+                                                          allow_custom_value=True, scale=3, elem_id="explain-class")
                                 explain_button = gr.Button("Show heatmap", scale=1)
                             heatmap = gr.Image(label="Heatmap", type="pil", interactive=False, height=320,
                                                elem_id="heatmap")
@@ -201,8 +216,8 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                 gr.Markdown("Test images drawn at random (fixed seed) from the model's dataset. Click one to classify it.")
                 with gr.Row():
                     # any model's classes are accepted through the API; the service says when one is not the model's
-                    class_filter = gr.Dropdown([ALL_CLASSES, *first.label_names], value=ALL_CLASSES, label="Class",
-                                               allow_custom_value=True, elem_id="class-filter")
+                    class_filter = ClassName([ALL_CLASSES, *first.label_names], value=ALL_CLASSES, label="Class",
+                                             allow_custom_value=True, elem_id="class-filter")
                     gallery_k = top_k_slider(len(first.label_names), 3)
                 with gr.Row():
                     gallery = gr.Gallery(gallery_items, label="Samples (true class → prediction)", columns=5,

@@ -99,6 +99,9 @@ def test_deploy_space_creates_the_repo_and_sets_model_id(hub, trained, tmp_path)
     assert "sdk: gradio" in readme and "app_file: app.py" in readme and "- tester/blobs" in readme
     # the Python CI tests, as in this project's own Space card
     assert 'python_version: "3.11"' in readme and 'python_version: "3.11"' in (ROOT / "README.md").read_text()
+    # the Gradio the requirements pin (with its [mcp] extra), as this project's own card says
+    pin = re.search(r"^gradio\[mcp\]==([\w.]+)", (ROOT / "requirements-space.txt").read_text(), re.M).group(1)
+    assert f"sdk_version: {pin}\n" in readme and f"sdk_version: {pin}\n" in (ROOT / "README.md").read_text()
     assert space.variables == {"MODEL_ID": "tester/blobs", "MODEL_REVISION": "main"}
     # what serving needs and no more, with PyTorch's CPU index on this cpu-basic Space
     requirements = space.files["requirements.txt"].decode()
