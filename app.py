@@ -11,6 +11,7 @@ import os
 import uvicorn
 from fastapi import FastAPI
 
+from classifier.flagging import FlagStore
 from classifier.model import ModelSourceError
 from classifier.monitor import RequestMonitor
 from classifier.predict import INFERENCE_PRECISIONS, load_predictors
@@ -30,6 +31,11 @@ parser.add_argument("--private-stats", action="store_true", default=os.environ.g
                     help="no Monitoring tab and no /stats endpoint (env PUBLIC_STATS=0); the request log is kept")
 parser.add_argument("--frame-ancestors", default=os.environ.get("FRAME_ANCESTORS", FRAME_ANCESTORS),
                     help="sites allowed to embed the app in a frame (CSP frame-ancestors; env FRAME_ANCESTORS)")
+parser.add_argument("--flag-dataset", default=os.environ.get("FLAG_DATASET") or None,
+                    help="a Hub dataset (owner/name) for visitors' corrections, shown as 'Wrong? Tell us'; created "
+                         "private if absent, HF_TOKEN must be able to write it (env FLAG_DATASET; default: off)")
+parser.add_argument("--flag-every", type=float, default=float(os.environ.get("FLAG_EVERY_MINUTES", 5)),
+                    help="minutes between commits of new corrections to the dataset (env FLAG_EVERY_MINUTES)")
 parser.add_argument("--no-mcp", dest="mcp", action="store_false", default=os.environ.get("MCP_SERVER", "1") != "0",
                     help="no MCP server at /gradio_api/mcp/ for LLM agents (env MCP_SERVER=0)")
 
@@ -42,7 +48,11 @@ def build(args: argparse.Namespace, limits: Limits = Limits()) -> FastAPI:
                                              fallback=args.model is None, precision=args.inference_precision)
     except ModelSourceError as e:
         raise SystemExit(f"error: {e}")
-    return create_app(App(predictors, RequestMonitor(), limits), notice, public_stats=not args.private_stats,
+    try:
+        flags = FlagStore(args.flag_dataset, args.flag_every) if args.flag_dataset else None
+    except Exception as e:  # the owner asked for corrections: serving without a place for them would lose them
+        raise SystemExit(f"error: cannot keep corrections in the dataset {args.flag_dataset!r}: {e}")
+    return create_app(App(predictors, RequestMonitor(), limits, flags), notice, public_stats=not args.private_stats,
                       frame_ancestors=args.frame_ancestors, mcp_server=args.mcp)
 
 

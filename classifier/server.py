@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .predict import torch_thread_answers
 from .security import FRAME_ANCESTORS, BodySizeLimit, InFlightLimit, SecurityHeaders, start_janitor
-from .service import ENDPOINTS, App, ServiceError, details
+from .service import ENDPOINTS, App, ServiceError
 from .ui import CSS, build_ui
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,9 @@ def create_app(app: App, notice: str = "", public_stats: bool = True, frame_ance
         data = await file.read(limits.file_bytes + 1)
         if len(data) > limits.file_bytes:
             return error(413, f"Upload larger than {limits.file_bytes // 2**20} MB.")
-        top, inference_ms, size, predictor = await run_in_threadpool(
-            app.classify, data, f"The upload {file.filename!r}", top_k, model, "rest_classify")
-        return details(top, inference_ms, size, predictor)
+        answer = await run_in_threadpool(app.classify, data, f"The upload {file.filename!r}", top_k, model,
+                                         "rest_classify")
+        return answer.as_dict()
 
     # the other REST routes: GET, query parameters = the App method's, the same result as the Gradio endpoint
     for endpoint in ENDPOINTS.values():

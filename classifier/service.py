@@ -1,8 +1,10 @@
-"""The service behind every endpoint: the Gradio events and the REST route call these handlers and nothing else.
+"""The service behind every endpoint: plain data in and out, shared by the REST routes (server.py) and the Gradio
+page (views.py turns its answers into what components show, ui.py wires them).
 
 Requests come from anyone on the internet, so every input is checked here: file references must name uploads
-(classifier.security.uploaded_file), images are decoded by our code under the limits of `Limits`, and only messages
-we wrote (gr.Error) reach a client.
+(classifier.security.uploaded_file), images are decoded by our code under the limits of `Limits`, and a refusal is a
+ServiceError whose message we wrote (the only kind of message that reaches a client). Every request is timed and
+recorded in the monitor in one place, App.recorded.
 """
 from __future__ import annotations
 
@@ -11,17 +13,19 @@ import logging
 import shlex
 import threading
 import time
+from datetime import datetime, timezone
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import gradio as gr
+from PIL import Image
 
 from .explain import ExplainError
+from .flagging import FlagStore, TooManyFlags
 from .images import BadImageError, open_rgb, pixels_to_decode
 from .monitor import RequestMonitor
-from .predict import Predictor
+from .predict import Predictor, Sample
 from .report import CALIBRATION_NAME, CONFUSION_NAME, CURVES_NAME, METRIC_ROWS
 from .security import Limits, TempFolder, UploadError, csv_cell, public_name, uploaded_file
 
@@ -29,14 +33,15 @@ ALL_CLASSES = "all classes"
 log = logging.getLogger(__name__)
 
 
-class ServiceError(gr.Error):
-    """A request the service refuses. The message is for the caller (Gradio shows it; REST sends it as
-    {"error": message}), `status` is its HTTP status on REST."""
+class ServiceError(Exception):
+    """A request the service refuses. The message is for the caller (REST sends it as {"error": message}, the page
+    shows it), `status` is its HTTP status on REST."""
     status = 400
 
     def __init__(self, message: str):
-        # the caller's mistake, not a fault of the server: one log line, not Gradio's traceback for each
-        super().__init__(message, print_exception=False)
+        super().__init__(message)
+        self.message = message
+        # the caller's mistake, not a fault of the server: one log line, no traceback
         log.info("refused (%s): %s", type(self).__name__, message)
 
 
@@ -46,6 +51,10 @@ class UnknownModel(ServiceError):
 
 class BadUpload(ServiceError):
     status = 422
+
+
+class Throttled(ServiceError):
+    status = 429
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,7 @@ class Endpoint:
 ENDPOINTS = {e.api_name: e for e in (
     Endpoint("predict", "POST /api/classify", "one image -> top-k labels and probabilities"),
     Endpoint("explain", None, "one image -> a heatmap of where the model looked for a class, and its details"),
+    Endpoint("flag", None, "an image and its right class -> kept for the model's owner (where the app collects them)"),
     Endpoint("classify_batch", None, "many images -> a table and a CSV"),
     Endpoint("samples", None, "a model's gallery images of one class (or all), captioned"),
     Endpoint("model_info", "GET /api/model_info", "classes, input size, metrics, training command"),
@@ -70,8 +80,9 @@ ENDPOINTS = {e.api_name: e for e in (
 # the app refuses images above this many decoded pixels (8000x8000); a JPEG counts at the 1/2, 1/4 or 1/8 scale it
 # is decoded at, so large camera JPEGs still pass. The model sees at most a few hundred pixels a side.
 UPLOAD_MAX_PIXELS = 64_000_000
-# Gradio events that run a model, all of them together, at once (a batch takes at most one of these places; ui.py
-# wires the events' queues, App.model_calls holds the places); REST requests have their own limit (Limits)
+# model calls at once over every Gradio event and REST request (a batch takes at most one of these places; ui.py
+# wires the events' queues so that they wait there, App.model_calls holds the places); REST requests also have a
+# limit on how many may be in flight at all (Limits.rest_in_flight)
 MODEL_CALLS = 2
 
 
@@ -100,11 +111,54 @@ class Places:
                 self._changed.notify_all()
 
 
-class App:
-    """Handlers shared by the UI and the API; `predictors` maps a model name to its Predictor."""
+@dataclass
+class Outcome:
+    """What a request's handler learnt, for the monitor's record of it."""
+    model: str | None = None
+    top1: str | None = None
+    image_size: tuple | None = None
 
-    def __init__(self, predictors: dict[str, Predictor], monitor: RequestMonitor, limits: Limits = Limits()):
+
+@dataclass
+class Classification:
+    """One image's answer: REST's body (server.Classification) and /predict's Details are `as_dict()`."""
+    model: str
+    predictions: list[tuple[str, float]]  # the top-k (label, probability), the most likely first
+    low_confidence: bool
+    inference_ms: float
+    image_size: tuple[int, int]
+    input_size: int  # the model's input (the page says it), not part of the answer's data
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "predictions": [{"label": label, "probability": p} for label, p in self.predictions],
+                "low_confidence": self.low_confidence, "inference_ms": round(self.inference_ms, 2),
+                "image_size": list(self.image_size)}
+
+
+@dataclass
+class Explanation:
+    """Where a model looked for one class of an image: the decoded image, its heatmap (the same size) and the class."""
+    image: Image.Image
+    heatmap: Image.Image
+    label: str
+    probability: float
+    low_confidence: bool
+    model: str
+    details: dict = field(init=False)
+
+    def __post_init__(self):
+        self.details = {"class": self.label, "probability": self.probability, "model": self.model,
+                        "low_confidence": self.low_confidence}
+
+
+class App:
+    """The service: `predictors` maps a model name to its Predictor. Every public method is one request (or a
+    helper for one) and returns plain data; refusals raise ServiceError."""
+
+    def __init__(self, predictors: dict[str, Predictor], monitor: RequestMonitor, limits: Limits = Limits(),
+                 flags: FlagStore | None = None):
         self.predictors, self.monitor, self.limits = predictors, monitor, limits
+        self.flags = flags  # where visitors' corrections go; None: the app collects none
         self.batch_folder = TempFolder("classifier-batch", limits.temp_age_s)
         self._sample_predictions: dict[str, list] = {}
         self._samples_lock = threading.Lock()
@@ -116,18 +170,20 @@ class App:
         self.model_calls = Places(MODEL_CALLS)
 
     @contextmanager
-    def counted(self, endpoint: str, model: str | None):
-        """Records a refusal (ServiceError) raised inside as an error of `endpoint`: every error a user or client
-        is answered counts, refused requests included. Successful requests are recorded by the handler."""
-        start = time.perf_counter()
+    def recorded(self, endpoint: str, model: str | None):
+        """Times the request inside and records it in the monitor under `endpoint`: a refusal (ServiceError) as an
+        error, since every error a user or client is answered counts; otherwise with what the handler put in the
+        Outcome it is given. The time includes waiting for a place among the model calls: what the caller waited."""
+        outcome, start = Outcome(), time.perf_counter()
         try:
-            yield
+            yield outcome
         except ServiceError as e:
             name = model if isinstance(model, str) and model in self.predictors else None
-            if not model:
-                name = next(iter(self.predictors))
-            self.monitor.record(endpoint, 1000 * (time.perf_counter() - start), error=e.message, model=name)
+            self.monitor.record(endpoint, 1000 * (time.perf_counter() - start), error=e.message,
+                                model=name or (None if model else next(iter(self.predictors))))
             raise
+        self.monitor.record(endpoint, 1000 * (time.perf_counter() - start), outcome.top1, outcome.image_size,
+                            model=outcome.model)
 
     def predictor(self, name: str | None) -> Predictor:
         """The one place a model name is resolved, for every endpoint."""
@@ -151,100 +207,106 @@ class App:
             raise BadImageError(f"{name} is larger than {self.limits.file_bytes // 2**20} MB.")
         return self._decoders.submit(open_rgb, data, name, UPLOAD_MAX_PIXELS, predictor.input_size).result()
 
+    @staticmethod
+    def read_upload(image_path: str | None, what: str) -> tuple[bytes, str]:
+        """The bytes of a file a user uploaded and the name messages give it; raises ServiceError."""
+        if image_path is None:
+            raise ServiceError("Upload an image first.")
+        try:
+            path = uploaded_file(image_path)
+        except UploadError as e:
+            raise BadUpload(str(e)) from None
+        return path.read_bytes(), f"{what} {path.name!r}"
+
     def served_files(self) -> list[str]:
         """The files of the model folders that the page shows (gallery and failure images, the plots): the only
         ones the server may hand out. Checkpoints, logs and training records stay private."""
         files = []
         for p in self.predictors.values():
             files += [str(s.path.resolve()) for s in p.samples]
-            files += [str((p.folder / name).resolve()) for name in (CONFUSION_NAME, CALIBRATION_NAME, CURVES_NAME)
-                      if (p.folder / name).is_file()]
+            files += [path for path in self.plots(p.name) if path]
         return files
 
     # -- classify
-    def predict(self, image_path: str | None, top_k: int = 5, model: str | None = None):
-        """Classify an image: the most likely classes and their probabilities (the Classify tab; REST's
-        POST /api/classify answers the details alone).
+    def classify(self, data: bytes, name: str, top_k, model: str | None, endpoint: str) -> Classification:
+        """An image's bytes -> its Classification (REST's POST /api/classify), recorded under `endpoint`."""
+        with self.recorded(endpoint, model) as outcome:
+            return self._classify(data, name, top_k, model, outcome)
 
-        Args:
-            image_path: the image (PNG, JPEG, GIF, WebP, BMP, TIFF...).
-            top_k: how many classes to return, the most likely first.
-            model: which served model answers (default: the first one).
-        Returns:
-            {label: probability}, a one-line summary, and the details with REST's names: {"model", "predictions":
-            [{"label", "probability"}], "low_confidence", "inference_ms", "image_size"}.
-        """
-        with self.counted("predict", model):
-            if image_path is None:
-                raise ServiceError("Upload an image first.")
-            try:
-                path = uploaded_file(image_path)
-            except UploadError as e:
-                raise BadUpload(str(e)) from None
-            data = path.read_bytes()
+    def classify_upload(self, image_path: str | None, top_k=5, model: str | None = None,
+                        what: str = "The upload") -> Classification:
+        """An uploaded file (the page's image, a clicked thumbnail's served copy) -> its Classification, recorded
+        as a `predict` request."""
+        with self.recorded("predict", model) as outcome:
+            data, name = self.read_upload(image_path, what)
+            return self._classify(data, name, top_k, model, outcome)
+
+    def _classify(self, data: bytes, name: str, top_k, model: str | None, outcome: Outcome) -> Classification:
+        predictor, k = self.predictor(model), self.top_k(top_k)
         with self.model_calls():
-            top, inference_ms, size, predictor = self.classify(data, f"The upload {path.name!r}", top_k, model,
-                                                               "predict")
-        return dict(top), summary(top, inference_ms, size, predictor), details(top, inference_ms, size, predictor)
-
-    def _heatmap(self, predictor: Predictor, image_path: str, what: str, class_index: int | None = None):
-        """An uploaded image's heatmap for `class_index` (default: the top class), recorded as an `explain`
-        request. -> (heatmap, class index, probabilities, the decoded image); raises ServiceError."""
-        start = time.perf_counter()
-        try:
-            path = uploaded_file(image_path)
-            with self.model_calls():
-                image = self.decode(path.read_bytes(), f"{what} {path.name!r}", predictor)
-                heatmap, index, probs = predictor.explain(image, class_index)
-        except (BadImageError, UploadError) as e:
-            raise BadUpload(str(e)) from None
-        except ExplainError as e:
-            raise ServiceError(f"No heatmap for {predictor.name}: {e}") from None
-        self.monitor.record("explain", 1000 * (time.perf_counter() - start), predictor.label_names[index],
-                            image.size, model=predictor.name)
-        return heatmap, index, probs, image
-
-    def explain(self, image_path: str | None, class_name: str | None = None, model: str | None = None):
-        """Where the model looked: a Grad-CAM heatmap over the image for one class. Costs one extra backward
-        pass, only when asked.
-
-        Args:
-            image_path: the image (PNG, JPEG, GIF, WebP, BMP, TIFF...).
-            class_name: the class to explain (default: the model's top class for this image).
-            model: which served model answers (default: the first one).
-        Returns:
-            the heatmap image, and {"class", "probability", "low_confidence", "model"}.
-        """
-        with self.counted("explain", model):
-            if image_path is None:
-                raise ServiceError("Upload an image first.")
-            predictor = self.predictor(model)
-            if class_name and class_name not in predictor.label_names:
-                raise ServiceError(f"{str(class_name)[:100]!r} is not a class of {predictor.name}; its classes are "
-                                   f"{', '.join(predictor.label_names)}.")
-            index = predictor.label_names.index(class_name) if class_name else None
-            heatmap, index, probs, image = self._heatmap(predictor, image_path, "The upload", index)
-        name = predictor.label_names[index]
-        return heatmap, {"class": name, "probability": float(probs[index]), "model": predictor.name,
-                         "low_confidence": predictor.low_confidence(float(probs.max()))}
-
-    def classify(self, data: bytes, name: str, top_k, model: str | None, endpoint: str):
-        """An upload's bytes -> (top-k, milliseconds, image size, predictor), recorded in the monitor under
-        `endpoint` (refusals as errors); raises ServiceError. Gradio's /predict and REST's /api/classify both come
-        here."""
-        with self.counted(endpoint, model):
-            predictor, k = self.predictor(model), self.top_k(top_k)
-            start = time.perf_counter()
             try:
                 top, inference_ms, size = predictor.classify(self.decode(data, name, predictor), k)
             except BadImageError as e:
                 raise BadUpload(str(e)) from None
-        self.monitor.record(endpoint, 1000 * (time.perf_counter() - start), top[0][0], size, model=predictor.name)
-        return top, inference_ms, size, predictor
+        outcome.model, outcome.top1, outcome.image_size = predictor.name, top[0][0], size
+        return Classification(predictor.name, top, predictor.low_confidence(top[0][1]), inference_ms, size,
+                              predictor.input_size)
 
-    # -- galleries
-    def _predicted_samples(self, predictor: Predictor) -> list:
-        """Predictions for the model's shipped samples, computed once per model."""
+    def explain(self, image_path: str | None, class_name: str | None = None, model: str | None = None,
+                what: str = "The upload") -> Explanation:
+        """An uploaded file -> where the model looked for `class_name` (default: its top class), recorded as an
+        `explain` request. Costs one extra backward pass, only when asked."""
+        with self.recorded("explain", model) as outcome:
+            predictor = self.predictor(model)
+            if class_name and class_name not in predictor.label_names:
+                raise ServiceError(f"{str(class_name)[:100]!r} is not a class of {predictor.name}; its classes are "
+                                   f"{', '.join(predictor.label_names)}.")
+            data, name = self.read_upload(image_path, what)
+            try:
+                with self.model_calls():
+                    image = self.decode(data, name, predictor)
+                    heatmap, index, probs = predictor.explain(
+                        image, predictor.label_names.index(class_name) if class_name else None)
+            except BadImageError as e:
+                raise BadUpload(str(e)) from None
+            except ExplainError as e:
+                raise ServiceError(f"No heatmap for {predictor.name}: {e}") from None
+            label = predictor.label_names[index]
+            outcome.model, outcome.top1, outcome.image_size = predictor.name, label, image.size
+        return Explanation(image, heatmap, label, float(probs[index]), predictor.low_confidence(float(probs.max())),
+                           predictor.name)
+
+    def flag(self, image_path: str | None, label: str | None, model: str | None = None) -> dict:
+        """A visitor's correction: the uploaded image and its right class, stored for the owner's dataset with the
+        model's own answer (computed again here: a client's word for it could be anything). -> what was stored."""
+        with self.recorded("flag", model) as outcome:
+            if self.flags is None:
+                raise ServiceError("This app does not collect corrections: its owner has not named a dataset for "
+                                   "them (FLAG_DATASET).")
+            predictor = self.predictor(model)
+            if label not in predictor.label_names:
+                raise ServiceError(f"Choose the right class among {predictor.name}'s: "
+                                   f"{', '.join(predictor.label_names)} (got {str(label)[:100]!r}).")
+            data, name = self.read_upload(image_path, "The upload")
+            try:
+                with self.model_calls():
+                    image = self.decode(data, name, predictor)
+                    top, _, size = predictor.classify(image, 1)
+            except BadImageError as e:
+                raise BadUpload(str(e)) from None
+            record = {"label": label, "model": predictor.name, "predicted": top[0][0],
+                      "probability": round(top[0][1], 6),
+                      "flagged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            try:
+                file_name = self.flags.add(image, record)
+            except TooManyFlags as e:
+                raise Throttled(str(e)) from None
+            outcome.model, outcome.image_size = predictor.name, size  # not an answer anyone asked for: no top1
+        return {"file_name": file_name, "dataset": self.flags.repo_id, **record}
+
+    # -- the model's own images
+    def _predicted_samples(self, predictor: Predictor) -> list[tuple[Sample, list]]:
+        """(sample, its top-3) for the model's shipped samples, computed once per model."""
         with self._samples_lock:
             if predictor.name not in self._sample_predictions:
                 images = [open_rgb(str(s.path)) for s in predictor.samples]
@@ -253,12 +315,26 @@ class App:
                 self._sample_predictions[predictor.name] = list(zip(predictor.samples, tops))
             return self._sample_predictions[predictor.name]
 
-    def gallery(self, model: str | None = None, class_name: str = ALL_CLASSES) -> list[tuple[str, str]]:
-        """A model's gallery images of one class (or all), captioned; not counted (a page shows the first model's,
-        a model switch the new one's: the user asked for neither)."""
-        return [(str(sample.path), caption(sample.label, top))
-                for sample, top in self._predicted_samples(self.predictor(model))
+    def gallery(self, model: str | None = None, class_name: str = ALL_CLASSES) -> list[tuple[Sample, list]]:
+        """A model's gallery images of one class (or all), with their top-3; not counted (a page shows the first
+        model's, a model switch the new one's: the user asked for neither)."""
+        return [(sample, top) for sample, top in self._predicted_samples(self.predictor(model))
                 if sample.kind == "gallery" and class_name in (ALL_CLASSES, None, "", sample.label)]
+
+    def samples(self, class_name: str = ALL_CLASSES, model: str | None = None) -> list[tuple[Sample, list]]:
+        """The gallery for a class filter someone chose, counted as a `samples` request."""
+        with self.recorded("samples", model) as outcome:
+            predictor = self.predictor(model)
+            if class_name not in (ALL_CLASSES, None, "", *predictor.label_names):
+                raise ServiceError(f"{str(class_name)[:100]!r} is not a class of {predictor.name}; its classes are "
+                                   f"{', '.join(predictor.label_names)} (or {ALL_CLASSES!r}).")
+            outcome.model = predictor.name
+            return self.gallery(predictor.name, class_name)
+
+    def failures(self, model: str | None = None) -> list[tuple[Sample, list]]:
+        """The model's shipped misclassified test images, with their top-3."""
+        return [(sample, top) for sample, top in self._predicted_samples(self.predictor(model))
+                if sample.kind == "failure"]
 
     def examples(self, model: str | None = None) -> list[str]:
         """The Classify tab's examples: a model's first gallery image of each of its classes, in the classes'
@@ -269,64 +345,21 @@ class App:
                 first.setdefault(sample.label, str(sample.path))
         return [first[name] for name in self.predictor(model).label_names if name in first]
 
-    def samples(self, class_name: str = ALL_CLASSES, model: str | None = None):
-        """The Gallery tab's class filter and /samples: the gallery, counted as a `samples` request."""
-        with self.counted("samples", model):
-            predictor = self.predictor(model)
-            if class_name not in (ALL_CLASSES, None, "", *predictor.label_names):
-                raise ServiceError(f"{str(class_name)[:100]!r} is not a class of {predictor.name}; its classes are "
-                                   f"{', '.join(predictor.label_names)} (or {ALL_CLASSES!r}).")
-        start = time.perf_counter()
-        items = self.gallery(predictor.name, class_name)
-        self.monitor.record("samples", 1000 * (time.perf_counter() - start), model=predictor.name)
-        return items
-
-    def classify_sample(self, top_k: int, model: str | None, evt: gr.SelectData):
-        """A click on a gallery thumbnail: classifies the image the click names (`evt.value`, the item as the page
-        shows it), whatever the grid's filter is by now. Counted as a `predict` request."""
-        with self.counted("predict", model):
-            predictor, k = self.predictor(model), self.top_k(top_k)
-            item = evt.value if isinstance(evt.value, dict) else {}
-            image = item.get("image") if isinstance(item.get("image"), dict) else {}
-            try:
-                # the copy Gradio serves the page lives among the uploads; a model folder's files are not named
-                path = uploaded_file(image.get("path") or "")
-                with self.model_calls():
-                    top, inference_ms, size = predictor.classify(
-                        self.decode(path.read_bytes(), f"The image {path.name!r}", predictor), k)
-            except (BadImageError, UploadError) as e:
-                raise BadUpload(str(e)) from None
-        self.monitor.record("predict", inference_ms, top[0][0], size, model=predictor.name)
-        return dict(top), summary(top, inference_ms, size, predictor)
-
-    def explain_sample(self, model: str | None, evt: gr.SelectData):
-        """A click on a gallery or failure thumbnail: (the image, its heatmap) side by side, for the model's top
-        class, and a line saying which class that is (and the true one, for a failure). Counted as `explain`."""
-        with self.counted("explain", model):
-            predictor = self.predictor(model)
-            item = evt.value if isinstance(evt.value, dict) else {}
-            image = item.get("image") if isinstance(item.get("image"), dict) else {}
-            # the copy Gradio serves the page lives among the uploads; a model folder's files are not named
-            heatmap, index, probs, picture = self._heatmap(predictor, image.get("path") or "", "The image")
-        name = predictor.label_names[index]
-        caption = str(item.get("caption") or "")
-        true = caption.split("·")[0].removeprefix("true:").strip() if caption.startswith("true:") else None
-        said = f"Where the model looked for **{name}** ({100 * float(probs[index]):.0f} %), its answer"
-        return (picture, heatmap), said + (f"; the true class is **{true}**." if true else ".")
-
-    def failures(self, model: str | None = None):
-        predictor = self.predictor(model)
-        items = [(str(sample.path), f"true: {sample.label} · " + ", ".join(f"{n} {100 * p:.0f}%" for n, p in top))
-                 for sample, top in self._predicted_samples(predictor) if sample.kind == "failure"]
-        plots = [predictor.folder / name for name in (CONFUSION_NAME, CALIBRATION_NAME, CURVES_NAME)]
-        return items, *(str(plot) if plot.is_file() else None for plot in plots)
+    def plots(self, model: str | None = None) -> list[str | None]:
+        """The paths of the model's confusion matrix, reliability diagram and training curves (None if absent)."""
+        folder = self.predictor(model).folder
+        return [str((folder / name).resolve()) if (folder / name).is_file() else None
+                for name in (CONFUSION_NAME, CALIBRATION_NAME, CURVES_NAME)]
 
     # -- batch
     def classify_batch(self, files: list[str] | None, top_k: int = 5, model: str | None = None):
-        with self.counted("classify_batch", model):
+        """Many uploaded files -> (rows [file, top1, confidence, top_k], the path of the same as CSV)."""
+        with self.recorded("classify_batch", model) as outcome:
             predictor, k, paths = self._batch_request(files, top_k, model)
-        with self.model_calls():
-            return self._classify_batch(predictor, k, paths)
+            with self.model_calls():
+                rows, tops = self._classify_batch(predictor, k, paths)
+            outcome.model, outcome.top1 = predictor.name, tops[0][0][0] if tops else None
+        return rows, self._write_csv(rows)
 
     def _batch_request(self, files, top_k, model):
         """A batch's checked request: (predictor, k, the upload paths); raises ServiceError."""
@@ -335,7 +368,7 @@ class App:
         limits = self.limits
         if len(files) > limits.batch_files:
             raise ServiceError(f"{len(files)} files in one batch; at most {limits.batch_files} are classified per "
-                           "request. Send them in several batches.")
+                               "request. Send them in several batches.")
         predictor, k = self.predictor(model), self.top_k(top_k)
         try:
             return predictor, k, [uploaded_file(f) for f in files]
@@ -343,7 +376,7 @@ class App:
             raise BadUpload(str(e)) from None
 
     def _classify_batch(self, predictor: Predictor, k: int, paths: list):
-        limits, start = self.limits, time.perf_counter()
+        limits = self.limits
         # each image is reduced as soon as it is decoded, so the batch holds small images only
         images, rows, pixels = {}, [None] * len(paths), 0
         for i, path in enumerate(paths):
@@ -359,17 +392,24 @@ class App:
         tops = predictor.classify_many(list(images.values()), k)
         for i, top in zip(images, tops):
             rows[i] = [paths[i].name, top[0][0], round(top[0][1], 4), ", ".join(f"{label} {p:.3f}" for label, p in top)]
+        return rows, tops
+
+    def _write_csv(self, rows: list) -> str:
         csv_path = self.batch_folder.new("batch-") / "predictions.csv"
         with csv_path.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["file", "top1", "confidence", "top_k"])
             writer.writerows([csv_cell(cell) for cell in row] for row in rows)
-        self.monitor.record("classify_batch", 1000 * (time.perf_counter() - start),
-                            tops[0][0][0] if tops else None, model=predictor.name)
-        return rows, str(csv_path)
+        return str(csv_path)
 
     # -- about and monitoring
     def model_info(self, model: str | None = None) -> dict:
+        """A served model's card as data: its classes, input size, metrics on its final split, calibration, and the
+        command that trained it.
+
+        Args:
+            model: which served model (default: the first one).
+        """
         p = self.predictor(model)
         final = p.metrics.get("final", {})
         return {
@@ -390,55 +430,10 @@ class App:
             "starting_weights": p.training_args.get("weights_source"),
         }
 
-    def about_markdown(self, model: str | None = None) -> str:
-        info = self.model_info(model)
-        values = {key: info["metrics"][key] for key, _ in METRIC_ROWS if key in info["metrics"]}
-        rows = "\n".join(f"| {label} | {'n/a' if values[key] is None else format(values[key], '.4f')} |"
-                         for key, label in METRIC_ROWS if key in values)
-        metrics = f"| metric ({info['metrics_split']}) | value |\n|---|---|\n{rows}" if rows else "No metrics recorded."
-        command = f"```\n{info['training_command']}\n```" if info["training_command"] else "not recorded"
-        # what the app applies comes from config.json; metrics.json only says what it did on the final split
-        calibration = info["calibration"]
-        if calibration and "temperature" in self.predictor(model).loaded.config:
-            before, after = calibration["before"], calibration["after"]
-            metrics += (f"\n\nProbabilities are calibrated: divided by a temperature of {info['temperature']:.3g} "
-                        f"(fitted on validation), which takes the expected calibration error from "
-                        f"{100 * before['ece']:.2f} % to {100 * after['ece']:.2f} % on {info['metrics_split']}.")
-        if info["low_confidence_threshold"] is not None:
-            metrics += (f" Under {100 * info['low_confidence_threshold']:.0f} % the prediction carries a hint that the "
-                        f"image may not be one of these classes.")
-        flip = " · predictions average each image and its mirror" if info["test_time_augmentation"] == "flip" else ""
-        size = info["input_size"]
-        start = {None: "", "scratch": " · trained from scratch"}.get(info["starting_weights"],
-                                                                     f" · started from `{info['starting_weights']}`")
-        return (f"### {info['name']}\n`{info['architecture']}` · input {size}×{size} px{flip} · "
-                f"{len(info['label_names'])} classes: {', '.join(info['label_names'])}{start}\n\n{metrics}\n\n"
-                f"**Training command**\n{command}")
-
     def stats(self) -> dict:
+        """Requests since the server started: counts and errors per endpoint, latency percentiles, and how often
+        each class was the answer."""
         return self.monitor.stats()
-
-
-def caption(true_label: str, top) -> str:
-    """A gallery caption short enough to read whole on a thumbnail: "✓ cat 92 %", or "✗ cat → dog 54 %"."""
-    predicted, p = top[0]
-    return f"✓ {true_label} {100 * p:.0f} %" if predicted == true_label else f"✗ {true_label} → {predicted} {100 * p:.0f} %"
-
-
-LOW_CONFIDENCE_HINT = "low confidence: the image may not be one of this model's classes"
-
-
-def summary(top, inference_ms: float, size, predictor: Predictor) -> str:
-    hint = f"\n\n⚠️ {LOW_CONFIDENCE_HINT.capitalize()}." if predictor.low_confidence(top[0][1]) else ""
-    return (f"**{top[0][0]}** ({100 * top[0][1]:.1f} %) · inference {inference_ms:.1f} ms · "
-            f"image {size[0]}×{size[1]} px · model `{predictor.name}` ({predictor.input_size} px input){hint}")
-
-
-def details(top, inference_ms: float, size, predictor: Predictor) -> dict:
-    """A classification as data, with the names of REST's answer (POST /api/classify, server.Classification)."""
-    return {"model": predictor.name, "predictions": [{"label": label, "probability": p} for label, p in top],
-            "low_confidence": predictor.low_confidence(top[0][1]), "inference_ms": round(inference_ms, 2),
-            "image_size": list(size)}
 
 
 def public_command(command: str | None) -> str | None:

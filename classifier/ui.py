@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 from gradio import image_utils
 
+from . import views
 from .service import ALL_CLASSES, ENDPOINTS, MODEL_CALLS, App, ServiceError
 
 CSS = """
@@ -26,7 +27,7 @@ MONITOR_EVERY_S = 5  # the Monitoring tab's plots refresh themselves this often,
 MONITOR_BUCKET_S = 10  # and count requests in buckets of this many seconds
 # one colour per endpoint in every plot (each plot would otherwise colour the endpoints it happens to show in turn)
 ENDPOINT_COLOURS = {"predict": "#4c72b0", "rest_classify": "#dd8452", "classify_batch": "#55a868",
-                    "samples": "#c44e52", "explain": "#8172b3"}
+                    "samples": "#c44e52", "explain": "#8172b3", "flag": "#937860"}
 
 
 class UploadedImage(gr.Image):
@@ -103,8 +104,8 @@ def api_name(name: str) -> str:
 
 
 def json_endpoint(fn, name: str, output_label: str) -> None:
-    """An API-only endpoint (no component behind it) whose parameters are `fn`'s. gr.api calls its values "1st",
-    "2nd"...; the API page and clients get real names instead."""
+    """gr.api(fn) with real names for its values on the API page and in clients' schemas. The one trick on Gradio's
+    internals kept for its own sake: gr.api labels values "1st", "2nd"... and has no public way to name them."""
     gr.api(fn, api_name=api_name(name))
     dependency = next(d for d in gr.context.get_blocks_context().fns.values() if d.api_name == name)
     for component, (parameter, *_) in zip(dependency.inputs, gr.utils.get_function_params(fn)):
@@ -118,40 +119,46 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
     limits = app.limits
     shown = ShownModels()
 
-    def answer(request: gr.Request | None, model: str | None, handler, *args, outputs: int = 2):
-        """`handler(*args)`, the answer of one model, for the page that sent `request`; dropped (gr.skip() leaves
+    def answer(request: gr.Request | None, model: str | None, view, *args, outputs: int = 2):
+        """`view(app, *args)`, the answer of one model, for the page that sent `request`; dropped (gr.skip() leaves
         the `outputs` as the model switch set them) when the page shows another model before or after it runs."""
         skipped = tuple(gr.skip() for _ in range(outputs))
         if shown.other_than(request, model):
             return skipped
-        result = handler(*args)
+        result = view(app, *args)
         return skipped if shown.other_than(request, model) else result
 
-    # the events' handlers: App's, through answer(); their parameters are the API's
+    # the events' handlers: views', through answer(); their parameters are the API's
     def predict(image_path: str | None, top_k: int = 5, model: str | None = None, request: gr.Request = None):
-        return answer(request, model, app.predict, image_path, top_k, model, outputs=3)
+        return answer(request, model, views.predict, image_path, top_k, model, outputs=3)
 
     def explain(image_path: str | None, class_name: str | None = None, model: str | None = None,
                 request: gr.Request = None):
-        return answer(request, model, app.explain, image_path, class_name, model)
+        return answer(request, model, views.explain, image_path, class_name, model)
 
     def classify_batch(files: list[str] | None, top_k: int = 5, model: str | None = None, request: gr.Request = None):
-        return answer(request, model, app.classify_batch, files, top_k, model)
+        return answer(request, model, views.classify_batch, files, top_k, model)
 
-    def classify_sample(top_k: int, model: str | None, evt: gr.SelectData, request: gr.Request = None):
-        return answer(request, model, app.classify_sample, top_k, model, evt)
+    def classify_clicked(top_k: int, model: str | None, evt: gr.SelectData, request: gr.Request = None):
+        return answer(request, model, views.classify_clicked, top_k, model, evt)
 
-    def explain_sample(model: str | None, evt: gr.SelectData, request: gr.Request = None):
-        return answer(request, model, app.explain_sample, model, evt)
+    def explain_clicked(model: str | None, evt: gr.SelectData, request: gr.Request = None):
+        return answer(request, model, views.explain_clicked, model, evt)
 
-    def explain_gallery_sample(model: str | None, evt: gr.SelectData, request: gr.Request = None):
-        return explain_sample(model, evt, request)[0]  # the Gallery tab has the prediction's own summary
+    def explain_gallery_click(model: str | None, evt: gr.SelectData, request: gr.Request = None):
+        return explain_clicked(model, evt, request)[0]  # the Gallery tab has the prediction's own summary
 
-    # App's docstrings describe the endpoints on the API page and the tools to an MCP client (an LLM agent)
-    for handler in (predict, explain, classify_batch, classify_sample, explain_sample):
-        handler.__doc__ = getattr(App, handler.__name__).__doc__
-    gallery_items = app.gallery(names[0])  # the first model's, shown from the start: a page load is not a request
-    failure_items, *plot_files = app.failures(names[0])
+    def samples(class_name: str = ALL_CLASSES, model: str | None = None):
+        return views.samples(app, class_name, model)
+
+    def flag(image_path: str | None, label: str | None, model: str | None = None):
+        return views.flag(app, image_path, label, model)
+
+    # the views' docstrings describe the endpoints on the API page and the tools to an MCP client (an LLM agent)
+    for handler in (predict, explain, classify_batch, classify_clicked, explain_clicked, samples, flag):
+        handler.__doc__ = getattr(views, handler.__name__).__doc__
+    gallery_items = views.gallery(app, names[0])  # the first model's, shown from the start: a page load is not a request
+    failure_items, plot_files = views.failures(app, names[0]), app.plots(names[0])
     # Gradio deletes the uploads and outputs it stored once they are this old, so its cache does not grow without end
     with gr.Blocks(title="Image classifier", delete_cache=(limits.cleanup_every_s, limits.temp_age_s)) as demo:
         gr.Markdown("# Image classifier\ntimm models trained with `train_accelerate.py`; every action below is "
@@ -189,6 +196,15 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                             heatmap = gr.Image(label="Heatmap", type="pil", interactive=False, height=320,
                                                elem_id="heatmap")
                             explain_details = gr.JSON(label="Heatmap details", visible=False)
+                        # only where the owner named a dataset for corrections (classifier/flagging.py)
+                        with gr.Accordion("Wrong? Tell us", open=False, visible=app.flags is not None,
+                                          elem_id="flag"):
+                            gr.Markdown(flag_note(app))
+                            with gr.Row():
+                                flag_class = ClassName(first.label_names, value=None, label="The right class",
+                                                       allow_custom_value=True, scale=3, elem_id="flag-class")
+                                flag_button = gr.Button("Send", scale=1, elem_id="flag-send")
+                            flag_said = gr.Markdown(label="Stored", elem_id="flag-said")
                 # an error must not leave the previous image's answer on screen
                 answers, cleared = [label, info, details, heatmap], (None, "", None, None)
                 top_classes = dict(fn=prediction_classes, inputs=label, outputs=explain_class, queue=False,
@@ -209,6 +225,8 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                                                api_visibility="private").then(
                     predict, [image, top_k, model], [label, info, details], api_visibility="private", **MODEL_QUEUE)
                 example_event.then(**top_classes)
+                flag_button.click(flag, [image, flag_class, model], flag_said, api_name=api_name("flag"),
+                                  **MODEL_QUEUE)
                 explain_event = explain_button.click(explain, [image, explain_class, model], [heatmap, explain_details],
                                                      api_name=api_name("explain"), **MODEL_QUEUE)
 
@@ -230,13 +248,13 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                                                          interactive=False, elem_id="gallery-heatmap",
                                                          elem_classes="heatmap")
                 # a refused class is an error message; the grid stays usable (an error status would cover it)
-                class_filter.change(app.samples, [class_filter, model], gallery, api_name=api_name("samples"),
+                class_filter.change(samples, [class_filter, model], gallery, api_name=api_name("samples"),
                                     show_progress="hidden")
                 # the click names its image: the filter may have changed the grid (or been refused) since it was drawn
-                gallery_event = gallery.select(classify_sample, [gallery_k, model], [gallery_label, gallery_info],
+                gallery_event = gallery.select(classify_clicked, [gallery_k, model], [gallery_label, gallery_info],
                                                api_visibility="private", **MODEL_QUEUE)
                 # and beside it, where the model looked (one more backward pass)
-                gallery_heatmap_event = gallery.select(explain_gallery_sample, model, gallery_heatmap,
+                gallery_heatmap_event = gallery.select(explain_gallery_click, model, gallery_heatmap,
                                                        api_visibility="private", **MODEL_QUEUE)
 
             with gr.Tab("Where it fails"):
@@ -249,7 +267,7 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                                                          interactive=False, elem_id="failure-heatmap",
                                                          elem_classes="heatmap")
                         failure_info = gr.Markdown(elem_id="failure-info")
-                failure_event = failures.select(explain_sample, model, [failure_heatmap, failure_info],
+                failure_event = failures.select(explain_clicked, model, [failure_heatmap, failure_info],
                                                 api_visibility="private", **MODEL_QUEUE)
                 with gr.Row():
                     confusion = gr.Image(plot_files[0], label="Confusion matrix", type="filepath", interactive=False)
@@ -267,7 +285,7 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                                                  api_name=api_name("classify_batch"), **BATCH_QUEUE)
 
             with gr.Tab("About the model"):
-                about = gr.Markdown(app.about_markdown(names[0]), elem_id="about")
+                about = gr.Markdown(views.about(app, names[0]), elem_id="about")
 
             if public_stats:
                 with gr.Tab("Monitoring"):
@@ -312,7 +330,8 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
 
         demo.load(open_link, None, [model, link_notice], queue=False, api_visibility="private",
                   show_progress="hidden")
-        json_endpoint(app.model_info, "model_info", "Model info")
+        # API-only endpoints: no component shows them (the About tab shows the model's card)
+        json_endpoint(views.refusals_shown(app.model_info), "model_info", "Model info")
         if public_stats:
             json_endpoint(app.stats, "stats", "Statistics")
 
@@ -323,26 +342,43 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
             shown.show(request, name)
             p = app.predictor(name)
             classes = len(p.label_names)
-            sliders = [top_k_slider(classes, int(k)) for k in (k_classify, k_gallery, k_batch)]
-            prediction = (None, "", None)
+            labels, summary_text, answer_details = None, "", None
             if image_path:
                 try:
-                    prediction = app.predict(image_path, min(int(k_classify), classes), name)
+                    labels, summary_text, answer_details = views.prediction(
+                        app.classify_upload(image_path, min(int(k_classify), classes), name))
                 except ServiceError:
                     pass
-            return (gr.Dropdown(choices=[ALL_CLASSES, *p.label_names], value=ALL_CLASSES), *sliders,
-                    gr.Dataset(samples=example_rows(app, name)),
-                    app.gallery(name), *app.failures(name), app.about_markdown(name), *prediction,
-                    class_choices(list(prediction[0] or {})), None, None, "", None, None, None, None, "")
+            confusion_plot, calibration_plot, curves_plot = app.plots(name)
+            return {class_filter: gr.Dropdown(choices=[ALL_CLASSES, *p.label_names], value=ALL_CLASSES),
+                    top_k: top_k_slider(classes, int(k_classify)), gallery_k: top_k_slider(classes, int(k_gallery)),
+                    batch_k: top_k_slider(classes, int(k_batch)), examples: gr.Dataset(samples=example_rows(app, name)),
+                    gallery: views.gallery(app, name), failures: views.failures(app, name),
+                    confusion: confusion_plot, calibration: calibration_plot, curves: curves_plot,
+                    about: views.about(app, name),
+                    label: labels, info: summary_text, details: answer_details,
+                    explain_class: class_choices(list(labels or {})),
+                    flag_class: gr.Dropdown(choices=p.label_names, value=None), flag_said: "",
+                    # the previous model's answers go
+                    heatmap: None, gallery_label: None, gallery_info: "", table: None, csv_file: None,
+                    gallery_heatmap: None, failure_heatmap: None, failure_info: ""}
 
         outputs = [class_filter, top_k, gallery_k, batch_k, examples, gallery, failures, confusion, calibration, curves, about,
-                   label, info, details, explain_class, heatmap, gallery_label, gallery_info, table, csv_file,
+                   label, info, details, explain_class, flag_class, flag_said, heatmap, gallery_label, gallery_info, table, csv_file,
                    gallery_heatmap, failure_heatmap, failure_info]
         inputs = [model, image, top_k, gallery_k, batch_k]
         model.change(show_model, inputs, outputs, api_visibility="private",
                      cancels=[classify_event, upload_event, example_event, explain_event, gallery_event, gallery_heatmap_event,
                               failure_event, batch_event], **MODEL_QUEUE)
     return demo
+
+
+def flag_note(app: App) -> str:
+    if app.flags is None:
+        return ""
+    return (f"Pick the right class and press *Send*: the image (as PNG, without its metadata), the class you chose, "
+            f"the model's answer and the time are stored in the Hub dataset `{app.flags.repo_id}` for the model's "
+            "owner. Nothing is stored unless you press *Send*.")
 
 
 def example_rows(app: App, model: str) -> list[list[str]]:

@@ -174,8 +174,9 @@ class HubStandIn:
                 url = f"{hub.url}/{PREFIX[repo_type]}{repo_id}"
                 if (repo_type, repo_id) in hub.repos:
                     return self._send(409, {"error": "You already created this repo", "url": url})
-                hub.repos[(repo_type, repo_id)] = Repo(repo_type, private=bool(body.get("private")),
-                                                       sdk=body.get("sdk"))
+                # huggingface_hub 1.x and later send "visibility"; older clients "private"
+                private = body.get("visibility") == "private" or bool(body.get("private"))
+                hub.repos[(repo_type, repo_id)] = Repo(repo_type, private=private, sdk=body.get("sdk"))
                 self._send(200, {"url": url, "name": repo_id})
 
             def _info(self, repo_type, repo_id):

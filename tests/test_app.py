@@ -26,7 +26,7 @@ from classifier.predict import Predictor, app_torch_threads, load_predictors, us
 from .helpers import CLASSES, shape_image
 from .image_corpus import BAD, GOOD, GREY, write_corpus
 
-PUBLIC_ENDPOINTS = {"/predict", "/explain", "/classify_batch", "/samples", "/model_info", "/stats"}
+PUBLIC_ENDPOINTS = {"/predict", "/explain", "/flag", "/classify_batch", "/samples", "/model_info", "/stats"}
 
 
 @pytest.fixture(scope="session")
@@ -513,19 +513,22 @@ def served_copy(path: Path, folder: str) -> Path:
 def test_a_gallery_click_classifies_the_image_clicked_and_a_failed_one_is_an_error(trained):
     """A click names its image (the index alone meant a different image once the filter had changed); a click that
     names no image of this server is refused and counted as an error of `predict`, as users see it."""
+    import gradio as gr
+
+    from classifier import views
     from classifier.monitor import RequestMonitor
-    from classifier.service import App, ServiceError
+    from classifier.service import App
 
     app = App(load_predictors(str(trained))[0], RequestMonitor())
     predictor = next(iter(app.predictors.values()))
     sample = next(s for s in predictor.samples if s.kind == "gallery" and s.label == "blue")
     shown = served_copy(sample.path, "test-gallery-click")
-    top, _ = app.classify_sample(3, None, gallery_click(str(shown), index=99))
+    top, _ = views.classify_clicked(app, 3, None, gallery_click(str(shown), index=99))
     expected, _, _ = predictor.classify(open_rgb_file(sample.path), 3)
     assert list(top) == [label for label, _ in expected]
     for path in ("/etc/passwd", str(sample.path)):  # a file of this server that no page was given
-        with pytest.raises(ServiceError, match="does not name a file"):
-            app.classify_sample(3, None, gallery_click(path))
+        with pytest.raises(gr.Error, match="does not name a file"):
+            views.classify_clicked(app, 3, None, gallery_click(path))
     stats = app.stats()["endpoints"]["predict"]
     assert (stats["requests"], stats["errors"]) == (3, 2)
 
@@ -533,22 +536,25 @@ def test_a_gallery_click_classifies_the_image_clicked_and_a_failed_one_is_an_err
 def test_a_gallery_or_failure_click_shows_the_image_beside_its_heatmap(trained):
     """Any gallery or failure image, clicked, is shown beside its Grad-CAM for the model's answer, with the true class
     for a failure (issue 37, point 12); a click that names no image of this server is refused and counted."""
+    import gradio as gr
+
+    from classifier import views
     from classifier.monitor import RequestMonitor
-    from classifier.service import App, ServiceError
+    from classifier.service import App
 
     app = App(load_predictors(str(trained))[0], RequestMonitor())
     predictor = next(iter(app.predictors.values()))
     sample = next(s for s in predictor.samples if s.kind == "gallery" and s.label == "green")
     shown = served_copy(sample.path, "test-heatmap-click")
-    (image, heatmap), said = app.explain_sample(None, gallery_click(str(shown)))
+    (image, heatmap), said = views.explain_clicked(app, None, gallery_click(str(shown)))
     assert image.size == heatmap.size == open_rgb_file(sample.path).size and image.tobytes() != heatmap.tobytes()
     top, _, _ = predictor.classify(open_rgb_file(sample.path), 1)
     assert said.startswith(f"Where the model looked for **{top[0][0]}** (") and "true class" not in said
     failure = gr_select(str(shown), "true: yellow · green 60%, red 30%, blue 10%")
-    _, said = app.explain_sample(predictor.name, failure)
+    _, said = views.explain_clicked(app, predictor.name, failure)
     assert said.endswith("; the true class is **yellow**.")
-    with pytest.raises(ServiceError, match="does not name a file"):
-        app.explain_sample(None, gallery_click(str(sample.path)))  # the model folder's own file: never named
+    with pytest.raises(gr.Error, match="does not name a file"):
+        views.explain_clicked(app, None, gallery_click(str(sample.path)))  # the model folder's own file: never named
     stats = app.stats()["endpoints"]["explain"]
     assert (stats["requests"], stats["errors"]) == (3, 1)
 

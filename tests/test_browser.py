@@ -242,13 +242,13 @@ def test_a_model_switch_discards_the_answer_of_the_previous_model(page, trained,
     class BusyFirstModel(App):
         """The first model takes 3 s an answer once `slow` is set."""
 
-        def predict(self, image_path, top_k=5, model=None):
+        def classify_upload(self, image_path, top_k=5, model=None, what="The upload"):
             if not (slow.is_set() and model == "model"):
-                return super().predict(image_path, top_k, model)
+                return super().classify_upload(image_path, top_k, model, what)
             started.release()
             try:
                 time.sleep(3)
-                return super().predict(image_path, top_k, model)
+                return super().classify_upload(image_path, top_k, model, what)
             finally:
                 finished.release()
 

@@ -20,7 +20,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from classifier.security import Limits, csv_cell, uploaded_file
-from classifier.service import App
+from classifier.service import App, ServiceError
 
 from .helpers import create_served_app, free_port, noise_image, serve, shape_image
 
@@ -100,8 +100,6 @@ def test_server_paths_are_refused_as_uploads_without_being_read(url, model_folde
 def test_the_service_itself_refuses_server_paths(trained, tmp_path):
     """The second line of defence, without Gradio's check in front: App's handlers accept only files in Gradio's
     upload folder (a symlink from there to outside is refused too)."""
-    import gradio as gr
-
     from classifier.monitor import RequestMonitor
     from classifier.predict import load_predictors
 
@@ -113,9 +111,9 @@ def test_the_service_itself_refuses_server_paths(trained, tmp_path):
     try:
         for target in ("/etc/passwd", "/dev/zero", str(trained / "model.safetensors"), str(link),
                        str(Path(get_upload_folder()) / ".." / "x")):
-            with pytest.raises(gr.Error, match="does not name a file uploaded"):
-                app.predict(target, 3)
-            with pytest.raises(gr.Error, match="does not name a file uploaded"):
+            with pytest.raises(ServiceError, match="does not name a file uploaded"):
+                app.classify_upload(target, 3)
+            with pytest.raises(ServiceError, match="does not name a file uploaded"):
                 app.classify_batch([target], 3)
             with pytest.raises(ValueError):
                 uploaded_file(target)
