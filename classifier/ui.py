@@ -22,6 +22,10 @@ CSS = """
 .dark .notice {background: #422006; border-color: #a16207;}  /* dark mode: the light text on dark amber, not pale yellow */
 .heatmap img {image-rendering: pixelated;}  /* a 32 px image and its heatmap, enlarged, stay crisp */
 #about pre, #about code {white-space: pre-wrap; word-break: break-word;}  /* the training command wraps */
+@media (max-width: 640px) {  /* a phone: one line of caption under a thumbnail's lower edge, not over the picture */
+  #gallery .caption-label, #failures .caption-label {white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
+                                                     font-size: 10px; padding: 0 2px;}
+}
 """
 MONITOR_EVERY_S = 5  # the Monitoring tab's plots refresh themselves this often, while the tab is shown
 MONITOR_BUCKET_S = 10  # and count requests in buckets of this many seconds
@@ -170,7 +174,8 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
         model = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1, interactive=True,
                             elem_id="model")
 
-        with gr.Tabs() as tabs:
+        # on a phone every tab shows, on a second row (the default hides those that do not fit behind "...")
+        with gr.Tabs(overflow_behavior="wrap") as tabs:
             with gr.Tab("Classify"):
                 with gr.Row():
                     with gr.Column():
@@ -253,6 +258,7 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                 # the click names its image: the filter may have changed the grid (or been refused) since it was drawn
                 gallery_event = gallery.select(classify_clicked, [gallery_k, model], [gallery_label, gallery_info],
                                                api_visibility="private", **MODEL_QUEUE)
+                gallery_event.then(**scroll_into_view("gallery-prediction"))
                 # and beside it, where the model looked (one more backward pass)
                 gallery_heatmap_event = gallery.select(explain_gallery_click, model, gallery_heatmap,
                                                        api_visibility="private", **MODEL_QUEUE)
@@ -269,6 +275,7 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                         failure_info = gr.Markdown(elem_id="failure-info")
                 failure_event = failures.select(explain_clicked, model, [failure_heatmap, failure_info],
                                                 api_visibility="private", **MODEL_QUEUE)
+                failure_event.then(**scroll_into_view("failure-heatmap"))
                 with gr.Row():
                     confusion = gr.Image(plot_files[0], label="Confusion matrix", type="filepath", interactive=False)
                     calibration = gr.Image(plot_files[1], label="Calibration (reliability diagram)", type="filepath",
@@ -379,6 +386,13 @@ def flag_note(app: App) -> str:
     return (f"Pick the right class and press *Send*: the image (as PNG, without its metadata), the class you chose, "
             f"the model's answer and the time are stored in the Hub dataset `{app.flags.repo_id}` for the model's "
             "owner. Nothing is stored unless you press *Send*.")
+
+
+def scroll_into_view(elem_id: str) -> dict:
+    """An event step that scrolls the element into view where it is off the screen: on a phone an answer lies below
+    the grid that was tapped (scroll_to_output did not move the page for a gallery's select event, seen at 390 px)."""
+    js = f"() => document.getElementById({elem_id!r})?.scrollIntoView({{block: 'nearest'}})"
+    return dict(fn=None, js=js, queue=False, api_visibility="private")
 
 
 def example_rows(app: App, model: str) -> list[list[str]]:

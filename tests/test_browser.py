@@ -455,3 +455,30 @@ def test_a_page_load_runs_nothing_over_top_k_and_the_prediction(page, server):
     expect(other.locator("#upload")).to_be_visible(timeout=30_000)
     other.close()
     assert not covered, f"progress shown over {covered} after a page load"
+
+
+def test_on_a_phone_every_tab_and_a_tapped_answer_are_in_view(page, server):
+    """390 px wide (issue 37, point 9): all six tabs show (none behind "..."), a caption stays on its thumbnail's
+    lower part, and a tapped thumbnail's answer is scrolled into the screen."""
+    phone_context = page.context.browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
+                                                     has_touch=True)
+    phone = phone_context.new_page()
+    phone.goto(server[0])
+    tabs = phone.get_by_role("tab")
+    expect(tabs).to_have_count(6, timeout=30_000)
+    for name in ("Classify", "Gallery", "Where it fails", "Batch", "About the model", "Monitoring"):
+        box = phone.get_by_role("tab", name=name).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, name
+
+    phone.get_by_role("tab", name="Gallery").click()
+    thumbnail = phone.locator("#gallery .thumbnail-item").nth(7)
+    expect(thumbnail).to_be_visible(timeout=30_000)
+    picture, caption = thumbnail.bounding_box(), thumbnail.locator(".caption-label").bounding_box()
+    assert caption["height"] <= 0.35 * picture["height"], (caption, picture)
+    thumbnail.tap()
+    answer = phone.locator("#gallery-prediction")
+    expect(answer).to_contain_text("%", timeout=30_000)
+    phone.wait_for_timeout(1000)  # the scroll
+    box = answer.bounding_box()
+    assert box["y"] < 844 and box["y"] + box["height"] > 0, box  # on the screen
+    phone_context.close()
