@@ -13,11 +13,11 @@ import logging
 import shlex
 import threading
 import time
-from datetime import datetime, timezone
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from PIL import Image
 
@@ -144,11 +144,11 @@ class Explanation:
     probability: float
     low_confidence: bool
     model: str
-    details: dict = field(init=False)
 
-    def __post_init__(self):
-        self.details = {"class": self.label, "probability": self.probability, "model": self.model,
-                        "low_confidence": self.low_confidence}
+    def as_dict(self) -> dict:
+        """/explain's details."""
+        return {"class": self.label, "probability": self.probability, "model": self.model,
+                "low_confidence": self.low_confidence}
 
 
 class App:
@@ -207,6 +207,13 @@ class App:
             raise BadImageError(f"{name} is larger than {self.limits.file_bytes // 2**20} MB.")
         return self._decoders.submit(open_rgb, data, name, UPLOAD_MAX_PIXELS, predictor.input_size).result()
 
+    def decode_upload(self, data: bytes, name: str, predictor: Predictor):
+        """decode() for a request: an image that cannot be decoded is the caller's BadUpload."""
+        try:
+            return self.decode(data, name, predictor)
+        except BadImageError as e:
+            raise BadUpload(str(e)) from None
+
     @staticmethod
     def read_upload(image_path: str | None, what: str) -> tuple[bytes, str]:
         """The bytes of a file a user uploaded and the name messages give it; raises ServiceError."""
@@ -244,10 +251,7 @@ class App:
     def _classify(self, data: bytes, name: str, top_k, model: str | None, outcome: Outcome) -> Classification:
         predictor, k = self.predictor(model), self.top_k(top_k)
         with self.model_calls():
-            try:
-                top, inference_ms, size = predictor.classify(self.decode(data, name, predictor), k)
-            except BadImageError as e:
-                raise BadUpload(str(e)) from None
+            top, inference_ms, size = predictor.classify(self.decode_upload(data, name, predictor), k)
         outcome.model, outcome.top1, outcome.image_size = predictor.name, top[0][0], size
         return Classification(predictor.name, top, predictor.low_confidence(top[0][1]), inference_ms, size,
                               predictor.input_size)
@@ -264,11 +268,9 @@ class App:
             data, name = self.read_upload(image_path, what)
             try:
                 with self.model_calls():
-                    image = self.decode(data, name, predictor)
+                    image = self.decode_upload(data, name, predictor)
                     heatmap, index, probs = predictor.explain(
                         image, predictor.label_names.index(class_name) if class_name else None)
-            except BadImageError as e:
-                raise BadUpload(str(e)) from None
             except ExplainError as e:
                 raise ServiceError(f"No heatmap for {predictor.name}: {e}") from None
             label = predictor.label_names[index]
@@ -288,12 +290,9 @@ class App:
                 raise ServiceError(f"Choose the right class among {predictor.name}'s: "
                                    f"{', '.join(predictor.label_names)} (got {str(label)[:100]!r}).")
             data, name = self.read_upload(image_path, "The upload")
-            try:
-                with self.model_calls():
-                    image = self.decode(data, name, predictor)
-                    top, _, size = predictor.classify(image, 1)
-            except BadImageError as e:
-                raise BadUpload(str(e)) from None
+            with self.model_calls():
+                image = self.decode_upload(data, name, predictor)
+                top, _, size = predictor.classify(image, 1)
             record = {"label": label, "model": predictor.name, "predicted": top[0][0],
                       "probability": round(top[0][1], 6),
                       "flagged_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

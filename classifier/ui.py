@@ -204,7 +204,7 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                         # only where the owner named a dataset for corrections (classifier/flagging.py)
                         with gr.Accordion("Wrong? Tell us", open=False, visible=app.flags is not None,
                                           elem_id="flag"):
-                            gr.Markdown(flag_note(app))
+                            gr.Markdown(views.flag_note(app))
                             with gr.Row():
                                 flag_class = ClassName(first.label_names, value=None, label="The right class",
                                                        allow_custom_value=True, scale=3, elem_id="flag-class")
@@ -378,14 +378,6 @@ def build_ui(app: App, notice: str = "", public_stats: bool = True) -> gr.Blocks
                      cancels=[classify_event, upload_event, example_event, explain_event, gallery_event, gallery_heatmap_event,
                               failure_event, batch_event], **MODEL_QUEUE)
     return demo
-
-
-def flag_note(app: App) -> str:
-    if app.flags is None:
-        return ""
-    return (f"Pick the right class and press *Send*: the image (as PNG, without its metadata), the class you chose, "
-            f"the model's answer and the time are stored in the Hub dataset `{app.flags.repo_id}` for the model's "
-            "owner. Nothing is stored unless you press *Send*.")
 
 
 def scroll_into_view(elem_id: str) -> dict:

@@ -63,7 +63,7 @@ def explain(app: App, image_path: str | None, class_name: str | None = None, mod
         the heatmap image, and {"class", "probability", "low_confidence", "model"}.
     """
     explanation = app.explain(image_path, class_name, model)
-    return explanation.heatmap, explanation.details
+    return explanation.heatmap, explanation.as_dict()
 
 
 @refusals_shown
@@ -97,6 +97,15 @@ def flag(app: App, image_path: str | None, label: str | None, model: str | None 
     return (f"Thank you: **{stored['label']}** is stored for this image (the model said {stored['predicted']}, "
             f"{100 * stored['probability']:.0f} %). It reaches the dataset `{stored['dataset']}` within "
             f"{app.flags.every_minutes:g} minutes.")
+
+
+def flag_note(app: App) -> str:
+    """What the "Wrong? Tell us" panel says is stored, and where (nothing where the app collects no corrections)."""
+    if app.flags is None:
+        return ""
+    return (f"Pick the right class and press *Send*: the image (as PNG, without its metadata), the class you chose, "
+            f"the model's answer and the time are stored in the Hub dataset `{app.flags.repo_id}` for the model's "
+            "owner. Nothing is stored unless you press *Send*.")
 
 
 def clicked_path(evt: gr.SelectData) -> str:
@@ -136,12 +145,17 @@ def samples(app: App, class_name: str = ALL_CLASSES, model: str | None = None) -
         class_name: a class of the model, or "all classes".
         model: which served model (default: the first one).
     """
-    return [(str(sample.path), caption(sample.label, top)) for sample, top in app.samples(class_name, model)]
+    return captioned(app.samples(class_name, model))
 
 
 def gallery(app: App, model: str | None) -> list[tuple[str, str]]:
     """The whole gallery of a model, captioned, for a page that shows it (not a request anyone made)."""
-    return [(str(sample.path), caption(sample.label, top)) for sample, top in app.gallery(model)]
+    return captioned(app.gallery(model))
+
+
+def captioned(pairs) -> list[tuple[str, str]]:
+    """(sample, top-3) pairs as a gr.Gallery's (path, caption) items."""
+    return [(str(sample.path), caption(sample.label, top)) for sample, top in pairs]
 
 
 def failures(app: App, model: str | None) -> list[tuple[str, str]]:

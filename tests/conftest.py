@@ -64,6 +64,16 @@ def checkpointed_run(parquet_repo, tmp_path_factory) -> tuple[list, Path]:
     return args, out
 
 
+@pytest.fixture
+def hub():
+    """The loopback Hub stand-in (tests/hub_standin.py), empty."""
+    from .hub_standin import HubStandIn
+
+    standin = HubStandIn().start()
+    yield standin
+    standin.stop()
+
+
 @pytest.fixture(scope="session")
 def server(trained):
     """The app as app.py serves it (FastAPI + mounted Gradio) on a free loopback port: (url, model folder)."""

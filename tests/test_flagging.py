@@ -21,13 +21,6 @@ from .test_hub import hub_env
 pytestmark = pytest.mark.slow  # the Hub stand-in and an app in a subprocess
 
 
-@pytest.fixture
-def hub():
-    standin = HubStandIn().start()
-    yield standin
-    standin.stop()
-
-
 def photo_with_gps(path) -> Image.Image:
     """A JPEG with EXIF (a camera model and a GPS position), as phones write them; -> the image's pixels."""
     image = shape_image("blue", random.Random(3), size=48)

@@ -23,13 +23,6 @@ pytestmark = pytest.mark.slow  # the Hub stand-in, and Hub clients in subprocess
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def hub():
-    standin = HubStandIn().start()
-    yield standin
-    standin.stop()
-
-
 def hub_env(hub: HubStandIn, home: Path, token: str | None = None) -> dict:
     return dict(os.environ, HF_ENDPOINT=hub.url, HF_TOKEN=token or hub.token, HF_HUB_OFFLINE="0",
                 HF_HUB_DISABLE_XET="1", HF_UPDATE_DOWNLOAD_COUNTS="0", HF_HOME=str(home),
