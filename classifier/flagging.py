@@ -3,8 +3,9 @@
 Off unless the owner names the dataset (app.py --flag-dataset, env FLAG_DATASET); nothing is stored without a visitor
 pressing the button. A correction is the image as the app decoded it, saved as PNG (so no EXIF: no camera, no place,
 no time of shooting), and one line of metadata.jsonl beside it. huggingface_hub's CommitScheduler commits the folder
-to the dataset every few minutes and once more when the server stops. The layout is the one `datasets`' imagefolder
-reads, so `datasets.load_dataset("<owner>/<dataset>")` gives the images with their columns.
+to the dataset every few minutes and, from its exit hook, once more when the server exits normally (untested). The
+layout is the one `datasets`' imagefolder reads, so `datasets.load_dataset("<owner>/<dataset>")` gives the images
+with their columns.
 """
 from __future__ import annotations
 
