@@ -26,6 +26,10 @@ CSS = """
   #gallery .caption-label, #failures .caption-label {white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
                                                      font-size: 10px; padding: 0 2px;}
 }
+/* Gradio hides "Use via API" on phones, where the header points to it (outside @media: Gradio scopes rules inside
+   one to its .contain, which the footer is not in; at other widths it is shown anyway) */
+footer .show-api {display: flex !important;}
+footer .show-api-divider {display: inline !important;}
 """
 MONITOR_EVERY_S = 5  # the Monitoring tab's plots refresh themselves this often, while the tab is shown
 MONITOR_BUCKET_S = 10  # and count requests in buckets of this many seconds

@@ -1,10 +1,11 @@
 """Re-make README's screenshots of the app serving the bundled models, in headless Chromium (Debian's package).
 
-    python docs/screenshots.py              # writes docs/screenshot-{classify,gallery,failures,about,monitoring}.png
+    python docs/screenshots.py              # docs/screenshot-{classify,gallery,failures,about,monitoring,phone}.png
     python docs/screenshots.py --out /tmp/shots
 
 Starts `python app.py` on a free loopback port, classifies one of the CIFAR-10 model's own test images (shipped in
-its samples/), opens each tab and saves a picture of it. Run it after any change to the UI.
+its samples/), opens each tab and saves a picture of it, then the Classify tab as a phone shows it (390 px wide).
+Run it after any change to the UI.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from benchmarks.load_app import free_port, start_app  # noqa: E402
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]
-SHOTS = ("classify", "gallery", "failures", "about", "monitoring")
+SHOTS = ("classify", "gallery", "failures", "about", "monitoring", "phone")
 
 
 def cifar_photo(label: str = "cat") -> Path:
@@ -103,6 +104,12 @@ def main(argv=None) -> int:
             page.set_viewport_size({"width": 1280, "height": 1300})  # the plots' page is taller than the window
             page.wait_for_timeout(8000)  # a refresh of the plots after the requests above
             shot("monitoring")
+
+            page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator("#upload input[type=file]").set_input_files(str(cifar_photo()))
+            expect(page.locator("#summary")).to_contain_text("inference", timeout=60_000)
+            shot("phone")
             browser.close()
     finally:
         server.terminate()

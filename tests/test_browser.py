@@ -26,6 +26,18 @@ def page(server):
         browser.close()
 
 
+WIDTHS = [1280, 390]  # a laptop and a phone (issue 37: every visitor's path at both)
+
+
+def new_page(page, url: str, width: int, wait_until: str = "load", **options):
+    """Another page of the same browser, `width` px wide; under 640 px a phone's: a touch screen, 844 px high."""
+    phone = width < 640
+    other = page.context.browser.new_page(viewport={"width": width, "height": 844 if phone else 900},
+                                          is_mobile=phone, has_touch=phone, **options)
+    other.goto(url, wait_until=wait_until)
+    return other
+
+
 def test_upload_shows_top_k_and_gallery_click_classifies(page, tmp_path):
     shots = Path(os.environ.get("SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
@@ -158,9 +170,9 @@ def test_the_screenshot_script_makes_every_picture(tmp_path):
                             cwd=root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     shots = {name: (tmp_path / f"screenshot-{name}.png").read_bytes()
-             for name in ("classify", "gallery", "failures", "about", "monitoring")}
+             for name in ("classify", "gallery", "failures", "about", "monitoring", "phone")}
     assert all(len(data) > 20_000 for data in shots.values())
-    assert len(set(shots.values())) == len(shots)  # five different pictures, no tab shot twice
+    assert len(set(shots.values())) == len(shots)  # six different pictures, no tab shot twice
 
 
 def test_the_heatmap_is_shown_on_request(page, tmp_path):
@@ -182,12 +194,11 @@ def endpoint_counts(stats: dict, name: str) -> tuple[int, int]:
     return endpoint["requests"], endpoint["errors"]
 
 
-def test_a_classification_offers_its_top_classes_for_the_heatmap(page, tmp_path):
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_classification_offers_its_top_classes_for_the_heatmap(page, server, tmp_path, width):
     """Classify (and an upload) fill the heatmap's class menu with the top-k on screen, the top class chosen."""
-    page.get_by_role("tab", name="Classify").click()
-    if page.get_by_role("button", name="Remove Image").is_visible():
-        page.get_by_role("button", name="Remove Image").click()  # the answer on screen goes with it
-    expect(page.locator("#summary")).not_to_contain_text("inference", timeout=10_000)
+    page = new_page(page, server[0], width)
+    expect(page.locator("#upload")).to_be_visible(timeout=30_000)
     image = tmp_path / "for-menu.png"
     shape_image("blue", random.Random(31), size=64).save(image)
     page.locator("#upload input[type=file]").set_input_files(str(image))
@@ -200,12 +211,15 @@ def test_a_classification_offers_its_top_classes_for_the_heatmap(page, tmp_path)
     expect(page.locator("#explain-class input")).to_have_value(top, timeout=10_000)
     page.locator("#explain-class input").click()
     expect(page.get_by_role("option")).to_have_count(int(page.locator("#top-k input[type=number]").input_value()))
+    page.close()
 
 
-def test_a_gallery_click_classifies_the_image_clicked_whatever_the_filter_says(page):
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_gallery_click_classifies_the_image_clicked_whatever_the_filter_says(page, server, width):
     """The answer is for the thumbnail clicked: a class typed into the filter that the model does not have leaves
     the grid as it was; a click then classifies the image shown (it classified by its index among the filter's
     images: an IndexError, or another image)."""
+    page = new_page(page, server[0], width)
     page.get_by_role("tab", name="Gallery").click()
     thumbnails = page.locator("#gallery .thumbnail-item")
     expect(thumbnails.first).to_be_visible(timeout=30_000)
@@ -219,9 +233,11 @@ def test_a_gallery_click_classifies_the_image_clicked_whatever_the_filter_says(p
         thumbnails.nth(index).click()
         expect(page.locator("#gallery-prediction [data-testid=label-output-value]")).to_have_text(
             predicted, timeout=30_000)
+    page.close()
 
 
-def test_a_model_switch_discards_the_answer_of_the_previous_model(page, trained, tmp_path):
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_model_switch_discards_the_answer_of_the_previous_model(page, trained, tmp_path, width):
     """Classify while other requests keep the model busy, then switch the model 0.6 s later: the screen ends with
     the new model's answer, never the old one's arriving late (issue 37: 'airplane ... model cifar10-resnet18'
     under Model = intel-resnet18)."""
@@ -255,8 +271,7 @@ def test_a_model_switch_discards_the_answer_of_the_previous_model(page, trained,
     image = tmp_path / "race.png"
     shape_image("red", random.Random(5), size=32).save(image)
     with serve(create_app(BusyFirstModel(load_predictors(str(trained))[0], RequestMonitor()))) as url:
-        other = page.context.browser.new_page()
-        other.goto(url)
+        other = new_page(page, url, width)
         other.wait_for_timeout(2000)  # the page's own start-up events are done
         other.locator("#upload input[type=file]").set_input_files(str(image))
         summary = other.locator("#summary")
@@ -281,11 +296,12 @@ def test_a_model_switch_discards_the_answer_of_the_previous_model(page, trained,
     assert "model intel-resnet18 (" in shown and "model model (" not in shown, shown
 
 
-def test_page_loads_are_not_requests_and_monitoring_polls_only_while_shown(page, server):
+@pytest.mark.parametrize("width", WIDTHS)
+def test_page_loads_are_not_requests_and_monitoring_polls_only_while_shown(page, server, width):
     from classifier.ui import MONITOR_EVERY_S
 
     before = stats(server)
-    page.reload()
+    page = new_page(page, server[0], width)
     expect(page.locator("#upload")).to_be_visible(timeout=30_000)
     page.get_by_role("tab", name="Gallery").click()
     expect(page.locator("#gallery .thumbnail-item").first).to_be_visible(timeout=30_000)
@@ -310,20 +326,14 @@ def test_page_loads_are_not_requests_and_monitoring_polls_only_while_shown(page,
     page.wait_for_timeout(500)
     sent.clear()
     page.wait_for_timeout(1000 * MONITOR_EVERY_S + 1500)
+    page.close()
     assert not sent, f"the page polled while Monitoring was hidden: {sent}"
-
-
-def new_page(page, url: str, width: int):
-    """Another page of the same browser, `width` px wide (1280: a laptop; 390: a phone)."""
-    other = page.context.browser.new_page(viewport={"width": width, "height": 900})
-    other.goto(url)
-    return other
 
 
 INTEL = re.compile("buildings|forest|glacier|mountain|sea|street")
 
 
-@pytest.mark.parametrize("width", [1280, 390])
+@pytest.mark.parametrize("width", WIDTHS)
 def test_an_example_is_one_click_from_an_answer_and_follows_the_model(page, server, width):
     """Classify shows the model's shipped test images, one per class; a click classifies one; another model shows
     its own (issue 37, point 11)."""
@@ -343,16 +353,15 @@ def test_an_example_is_one_click_from_an_answer_and_follows_the_model(page, serv
     other.close()
 
 
-@pytest.mark.parametrize("width", [1280, 390])
+@pytest.mark.parametrize("width", WIDTHS)
 def test_a_link_opens_the_page_on_its_model(page, server, width):
     """`?model=<name>` opens the page on that model; a name not served leaves the first model and says so, and the
     page works as usual (issue 37, point 14)."""
     other = new_page(page, f"{server[0]}?model=intel-resnet18", width)
     expect(other.locator("#model input")).to_have_value("intel-resnet18", timeout=30_000)
     expect(other.locator("#examples button.gallery-item")).to_have_count(6, timeout=30_000)
-    if width > 1000:  # on a phone the tabs past the first few sit in an overflow menu
-        other.get_by_role("tab", name="About the model").click()
-        expect(other.locator("#about")).to_contain_text("intel-resnet18", timeout=10_000)
+    other.get_by_role("tab", name="About the model").click()
+    expect(other.locator("#about")).to_contain_text("intel-resnet18", timeout=10_000)
     expect(other.locator("#link-notice")).to_have_count(0)
     other.close()
 
@@ -366,10 +375,11 @@ def test_a_link_opens_the_page_on_its_model(page, server, width):
     other.close()
 
 
-def test_a_gallery_or_failure_image_is_shown_beside_its_heatmap(page, server):
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_gallery_or_failure_image_is_shown_beside_its_heatmap(page, server, width):
     """A click on a gallery image shows its answer and, beside it, the image and its Grad-CAM (an image slider); a
     click on a failure shows the same with the class it said and the true one (issue 37, point 12)."""
-    other = new_page(page, f"{server[0]}?model=intel-resnet18", 1280)
+    other = new_page(page, f"{server[0]}?model=intel-resnet18", width)
     expect(other.locator("#model input")).to_have_value("intel-resnet18", timeout=30_000)
     other.get_by_role("tab", name="Gallery").click()
     other.locator("#gallery .thumbnail-item").nth(4).click()
@@ -410,21 +420,21 @@ def test_the_notice_is_readable_in_light_and_dark_mode(page, trained, scheme):
 
     app = create_app(App(load_predictors(str(trained))[0], RequestMonitor()), notice="Could not load 'me/gone'.")
     with serve(app) as url:
-        other = page.context.browser.new_page(color_scheme=scheme)
-        other.goto(url)
-        notice = other.locator("#notice")
-        expect(notice).to_contain_text("me/gone", timeout=30_000)
-        dark = other.evaluate("() => document.body.classList.contains('dark') || "
-                              "!!document.querySelector('.gradio-container.dark, .dark .gradio-container')")
-        ratio = contrast(notice)
-        other.goto(f"{url}?model=nope")  # the link's notice too
-        ratio_link = contrast(other.locator("#link-notice"))
-        other.close()
-    assert dark == (scheme == "dark")
-    assert ratio >= 4.5 and ratio_link >= 4.5, (ratio, ratio_link)
+        for width in WIDTHS:
+            other = new_page(page, url, width, color_scheme=scheme)
+            notice = other.locator("#notice")
+            expect(notice).to_contain_text("me/gone", timeout=30_000)
+            dark = other.evaluate("() => document.body.classList.contains('dark') || "
+                                  "!!document.querySelector('.gradio-container.dark, .dark .gradio-container')")
+            ratio = contrast(notice)
+            other.goto(f"{url}?model=nope")  # the link's notice too
+            ratio_link = contrast(other.locator("#link-notice"))
+            other.close()
+            assert dark == (scheme == "dark"), width
+            assert ratio >= 4.5 and ratio_link >= 4.5, (width, ratio, ratio_link)
 
 
-@pytest.mark.parametrize("width", [1280, 390])
+@pytest.mark.parametrize("width", WIDTHS)
 def test_a_small_images_heatmap_is_shown_large(page, server, tmp_path, width):
     """A 32x32 upload's heatmap (32x32 px itself) fills the heatmap box, as the upload fills its own (issue 37,
     point 8: it was shown at 32x32 px)."""
@@ -439,11 +449,11 @@ def test_a_small_images_heatmap_is_shown_large(page, server, tmp_path, width):
     assert box["width"] >= 200 and box["height"] >= 200, box
 
 
-def test_a_page_load_runs_nothing_over_top_k_and_the_prediction(page, server):
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_page_load_runs_nothing_over_top_k_and_the_prediction(page, server, width):
     """For 3 s after a page load no progress overlay covers Top-k or Prediction (issue 37, point 8: a load event
     that re-ran the model switch showed 'processing' over them for 2-3 s after each load)."""
-    other = page.context.browser.new_page(viewport={"width": 1280, "height": 900})
-    other.goto(server[0], wait_until="commit")
+    other = new_page(page, server[0], width, wait_until="commit")
     covered = set()
     for _ in range(30):
         other.wait_for_timeout(100)
@@ -459,11 +469,8 @@ def test_a_page_load_runs_nothing_over_top_k_and_the_prediction(page, server):
 
 def test_on_a_phone_every_tab_and_a_tapped_answer_are_in_view(page, server):
     """390 px wide (issue 37, point 9): all six tabs show (none behind "..."), a caption stays on its thumbnail's
-    lower part, and a tapped thumbnail's answer is scrolled into the screen."""
-    phone_context = page.context.browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
-                                                     has_touch=True)
-    phone = phone_context.new_page()
-    phone.goto(server[0])
+    lower part, a tapped thumbnail's answer is scrolled into the screen, and "Use via API" is there and opens."""
+    phone = new_page(page, server[0], 390)
     tabs = phone.get_by_role("tab")
     expect(tabs).to_have_count(6, timeout=30_000)
     for name in ("Classify", "Gallery", "Where it fails", "Batch", "About the model", "Monitoring"):
@@ -481,4 +488,12 @@ def test_on_a_phone_every_tab_and_a_tapped_answer_are_in_view(page, server):
     phone.wait_for_timeout(1000)  # the scroll
     box = answer.bounding_box()
     assert box["y"] < 844 and box["y"] + box["height"] > 0, box  # on the screen
-    phone_context.close()
+
+    # the header points to "Use via API" at the bottom, which Gradio itself hides on a phone
+    api_link = phone.locator("footer").get_by_role("button", name="Use via API")
+    expect(api_link).to_be_visible(timeout=10_000)
+    api_link.tap()
+    expect(phone.get_by_text("Choose one of the following ways to interact with the API")).to_be_visible(
+        timeout=10_000)
+    expect(phone.get_by_text("Classify an image").first).to_be_visible()  # predict, described
+    phone.close()
