@@ -81,8 +81,8 @@ def test_predict_returns_the_rest_answer_as_json(client, server, corpus):
     assert set(details) == set(rest) == {"model", "predictions", "low_confidence", "inference_ms", "image_size"}
     assert [set(p) for p in details["predictions"]] == [{"label", "probability"}] * 3
     assert [p["label"] for p in details["predictions"]] == [p["label"] for p in rest["predictions"]]
-    for ours, theirs in zip(details["predictions"], rest["predictions"]):
-        assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-5)
+    for ours, theirs in zip(details["predictions"], rest["predictions"]):  # (in bf16, an image batched with another
+        assert ours["probability"] == pytest.approx(theirs["probability"], abs=1e-3)  # request may round otherwise)
     assert (details["model"], details["image_size"], details["low_confidence"]) == (
         rest["model"], rest["image_size"], rest["low_confidence"])
     assert isinstance(details["inference_ms"], float) and details["inference_ms"] > 0

@@ -242,10 +242,10 @@ def test_a_process_that_fails_alone_ends_the_run_with_its_own_line():
     assert [line for line in output.splitlines() if line.startswith("error: ")] == ["error: process 1 failed alone"]
 
 
-def training_under_way(dataset: Path, out: Path, *options: str):
+def training_under_way(dataset: Path, out: Path, *options: str, launch: list[str] = LAUNCH):
     """A long 2-process run, once both ranks have trained 4 steps; -> (the launcher, every process under it, the
     training processes by rank)."""
-    command = [*LAUNCH, "train_accelerate.py", "--dataset", str(dataset), "--output-dir", str(out), "--epochs", "50",
+    command = [*launch, "train_accelerate.py", "--dataset", str(dataset), "--output-dir", str(out), "--epochs", "50",
                "--img-size", "32", "--batch-size", "16", "--no-pretrained", "--data-workers", "1",
                "--samples-per-class", "0", "--checkpoint-every", "2", *options]
     launcher = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -284,7 +284,10 @@ def test_a_rank_that_stops_answering_ends_the_run_after_the_collective_timeout(p
     --collective-timeout (15 s here; 10 minutes by default, where it was the 2-hour --ddp-timeout), and the run
     ends with one line saying so."""
     out = tmp_path / "model"
-    launcher, workers, ranks = training_under_way(parquet_repo, out, "--collective-timeout", "15")
+    # torchrun gives a process it stops --shutdown_timeout (30 s by default) to take its SIGTERM, which a frozen one
+    # cannot: those 30 s are torchrun's, not ours to wait for
+    launcher, workers, ranks = training_under_way(parquet_repo, out, "--collective-timeout", "15",
+                                                  launch=[*LAUNCH, "--shutdown_timeout", "2"])
     frozen_at = time.time()
     ranks[1].send_signal(signal.SIGSTOP)
     try:
