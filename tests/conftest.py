@@ -16,10 +16,6 @@ os.environ.setdefault("HF_UPDATE_DOWNLOAD_COUNTS", "0")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ["HF_HOME"] = str(_SANDBOX / "hf_home")
 os.environ["CLASSIFIER_CACHE"] = str(_SANDBOX / "tensor_cache")
-# tests/run.sh's workers (pytest-xdist) share the cores: one torch thread each, and for the processes they start,
-# instead of a thread per core in each, whose OpenMP threads then spin against each other
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from .helpers import (CLASSES, FAST, create_served_app, make_examples, serve, shape_image,  # noqa: E402
                       train, write_parquet_repo)

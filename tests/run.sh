@@ -16,6 +16,4 @@ if [ ! -x "${CHROMIUM_PATH:-/usr/bin/chromium}" ]; then
         exit 2
     fi
 fi
-# two workers (pytest-xdist), a test file each at a time: much of the suite waits on processes it started, servers
-# or the browser, so one worker alone leaves a core idle; a file stays on one worker, with its fixtures
-python -m pytest -n 2 --dist loadfile "$@"
+python -m pytest "$@"
