@@ -67,4 +67,7 @@ if accelerator.is_main_process:
                "eval_outputs_equal": torch.equal(evaluated[0], evaluated[1]), "train_size": len(data.train),
                "batch_size": batch, "epoch_0_batches": orders}, open(out, "w"))
 accelerator.wait_for_everyone()
+# the DDP model holds the process group: freed here, the group's gloo threads end with end_training, not during
+# the interpreter's shutdown, where they can abort the process (docs/TRAINING.md, "terminate called ...")
+del model, training, recipe, parts
 accelerator.end_training()

@@ -28,3 +28,7 @@ for batch_size in map(int, batch_sizes.split(",")):
     results[batch_size] = dict(result, num_processes=accelerator.num_processes)
 if accelerator.is_main_process:
     json.dump(results, open(out, "w"))
+# the DDP model holds the process group: freed here, the group's gloo threads end with end_training, not during
+# the interpreter's shutdown, where they can abort the process (docs/TRAINING.md, "terminate called ...")
+del model
+accelerator.end_training()

@@ -35,11 +35,31 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", PYTHONPATH=s
 LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
-def torchrun(num_processes: int, *command, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`command` (a script and its arguments) on `num_processes` CPU processes of one machine; 1: plain python."""
+def torchrun(num_processes: int, *command, timeout: float = 300, threads_at_exit: Path | None = None
+             ) -> subprocess.CompletedProcess:
+    """`command` (a script and its arguments) on `num_processes` CPU processes of one machine; 1: plain python.
+    With `threads_at_exit`, each process writes there the threads it still runs when it exits (see thread_names)."""
     launcher = LAUNCH if num_processes == 2 else [sys.executable]
-    return subprocess.run([*launcher, *map(str, command)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+    env = ENV
+    if threads_at_exit:
+        threads_at_exit.mkdir(parents=True, exist_ok=True)
+        env = dict(ENV, THREADS_AT_EXIT=str(threads_at_exit),
+                   PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "threads_at_exit"), str(ROOT)]))
+    return subprocess.run([*launcher, *map(str, command)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def thread_names(folder: Path) -> dict[str, list[str]]:
+    """The threads each training process (by rank) still ran as it exited (tests/threads_at_exit/sitecustomize.py)."""
+    return {file.name.split("-")[0]: file.read_text().split("\n") for file in folder.glob("*.txt")
+            if not file.name.startswith("launcher")}
+
+
+def no_process_group_threads_at_exit(folder: Path) -> None:
+    """A gloo thread still running as Python shuts down can abort the process (SIGABRT, "terminate called without
+    an active exception"; docs/TRAINING.md): the process group's threads end before."""
+    names = thread_names(folder)
+    assert {rank: [n for n in threads if "gloo" in n] for rank, threads in names.items()} == {"0": [], "1": []}, names
 
 
 def succeeded(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -67,12 +87,13 @@ def two_process_run(parquet_repo, tmp_path_factory):
     """(command arguments without --output-dir, the model folder, the launch's stdout)"""
     args = ["train_accelerate.py", "--dataset", parquet_repo, *RECIPE, *CHECKPOINTS]
     out = tmp_path_factory.mktemp("two_processes") / "model"
-    result = succeeded(torchrun(2, *args, "--output-dir", out))
+    result = succeeded(torchrun(2, *args, "--output-dir", out, threads_at_exit=out.parent / "threads"))
     return args, out, result.stdout
 
 
 def test_two_processes_train_and_count_each_sample_once(two_process_run, parquet_repo, tmp_path):
     _, out, stdout = two_process_run
+    no_process_group_threads_at_exit(out.parent / "threads")
     record = json.loads((out / "training_args.json").read_text())
     assert (record["num_processes"], record["distributed_type"]) == (2, "MULTI_CPU")
     # the line that repeats it names the launcher that started two processes, and the setting that made them CPU
@@ -99,7 +120,8 @@ def test_two_processes_train_and_count_each_sample_once(two_process_run, parquet
     succeeded(torchrun(1, script, out, parquet_repo, one, 16))
     # one launch, two batch sizes: 16, and 7: 9 batches, so process 1's last one is wrapped-around padding, not a
     # short batch
-    succeeded(torchrun(2, script, out, parquet_repo, two, "16,7"))
+    succeeded(torchrun(2, script, out, parquet_repo, two, "16,7", threads_at_exit=tmp_path / "threads"))
+    no_process_group_threads_at_exit(tmp_path / "threads")
     single, doubles = json.loads(one.read_text())["16"], json.loads(two.read_text())
     assert doubles.keys() == {"16", "7"}
     for double in doubles.values():
@@ -115,7 +137,8 @@ def test_each_process_draws_its_own_augmentation_but_the_data_order_is_shared(pa
     """Also: the training statistics the loop logs are reduced over both processes."""
     report = tmp_path / "draws.json"
     succeeded(torchrun(2, Path("tests") / "distributed_augment.py", report, "--dataset", parquet_repo,
-                       "--output-dir", tmp_path / "unused", *RECIPE))
+                       "--output-dir", tmp_path / "unused", *RECIPE, threads_at_exit=tmp_path / "threads"))
+    no_process_group_threads_at_exit(tmp_path / "threads")
     draws = json.loads(report.read_text())
     assert draws["num_processes"] == 2
     parts = {"shift_flip", "trivial_augment", "random_erase", "mixup_cutmix", "dropout"}
