@@ -102,7 +102,7 @@ def main(argv=None) -> int:
             page.get_by_role("tab", name="Monitoring").click()
             expect(page.get_by_text("Errors:")).to_be_visible(timeout=60_000)
             page.set_viewport_size({"width": 1280, "height": 1300})  # the plots' page is taller than the window
-            page.wait_for_timeout(8000)  # a refresh of the plots after the requests above
+            page.wait_for_timeout(1500)  # the plots draw (opening the tab fetches them, the requests above included)
             shot("monitoring")
 
             page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
