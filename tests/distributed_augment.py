@@ -69,5 +69,5 @@ if accelerator.is_main_process:
 accelerator.wait_for_everyone()
 # the DDP model holds the process group: freed here, the group's gloo threads end with end_training, not during
 # the interpreter's shutdown, where they can abort the process (docs/TRAINING.md, "terminate called ...")
-del model, training, recipe, parts
+model = training = recipe = parts = None
 accelerator.end_training()
