@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -265,10 +266,10 @@ def test_a_process_that_fails_alone_ends_the_run_with_its_own_line():
     assert [line for line in output.splitlines() if line.startswith("error: ")] == ["error: process 1 failed alone"]
 
 
-def training_under_way(dataset: Path, out: Path, *options: str, launch: list[str] = LAUNCH):
+def training_under_way(dataset: Path, out: Path, *options: str):
     """A long 2-process run, once both ranks have trained 4 steps; -> (the launcher, every process under it, the
     training processes by rank)."""
-    command = [*launch, "train_accelerate.py", "--dataset", str(dataset), "--output-dir", str(out), "--epochs", "50",
+    command = [*LAUNCH, "train_accelerate.py", "--dataset", str(dataset), "--output-dir", str(out), "--epochs", "50",
                "--img-size", "32", "--batch-size", "16", "--no-pretrained", "--data-workers", "1",
                "--samples-per-class", "0", "--checkpoint-every", "2", *options]
     launcher = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -307,24 +308,43 @@ def test_a_rank_that_stops_answering_ends_the_run_after_the_collective_timeout(p
     --collective-timeout (15 s here; 10 minutes by default, where it was the 2-hour --ddp-timeout), and the run
     ends with one line saying so."""
     out = tmp_path / "model"
-    # torchrun gives a process it stops --shutdown_timeout (30 s by default) to take its SIGTERM, which a frozen one
-    # cannot: those 30 s are torchrun's, not ours to wait for
-    launcher, workers, ranks = training_under_way(parquet_repo, out, "--collective-timeout", "15",
-                                                  launch=[*LAUNCH, "--shutdown_timeout", "2"])
+    launcher, workers, ranks = training_under_way(parquet_repo, out, "--collective-timeout", "15")
     frozen_at = time.time()
     ranks[1].send_signal(signal.SIGSTOP)
+    outputs = []
+    reader = threading.Thread(target=lambda: outputs.extend(launcher.communicate(timeout=240)))
+    reader.start()  # the pipes are read while we wait
     try:
-        stdout, stderr = launcher.communicate(timeout=240)
+        ranks[0].wait(timeout=240)
+        ended_after = time.time() - frozen_at
+        # torchrun then SIGTERMs the frozen process and gives it 30 s before a SIGKILL (in torch 2.14 its
+        # --shutdown_timeout does not reach this path): those 30 s are torchrun's, so once the SIGTERM is pending,
+        # the process is let go to take it
+        deadline = time.time() + 60
+        while not sigterm_pending(ranks[1]) and time.time() < deadline:
+            time.sleep(0.05)
+        ranks[1].send_signal(signal.SIGCONT)
+        reader.join(timeout=240)
     finally:
         for process in workers:
             if process.is_running():
                 process.kill()
-    ended_after = time.time() - frozen_at
-    assert 15 <= ended_after < 120, f"the run ended {ended_after:.0f} s after the freeze"
+    stdout, stderr = outputs
+    assert 15 <= ended_after < 120, f"process 0 ended {ended_after:.0f} s after the freeze"
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: A collective timed out after --collective-timeout 15 s: another process is stuck or "
                       f"gone. Checkpoints in {out / 'checkpoints'} (if any) hold the last saved state."], stderr[-3000:]
     assert launcher.returncode != 0 and not (out / "config.json").exists()
+
+
+def sigterm_pending(process: psutil.Process) -> bool:
+    """Whether a SIGTERM waits to be delivered to `process` (a stopped process takes none)."""
+    try:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+    except OSError:  # gone
+        return True
+    masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask & (1 << (signal.SIGTERM - 1)) for mask in masks)
 
 
 def test_two_machines_on_loopback_train_as_one_run(parquet_repo, tmp_path):
