@@ -125,13 +125,13 @@ class Classification:
     model: str
     predictions: list[tuple[str, float]]  # the top-k (label, probability), the most likely first
     low_confidence: bool
-    inference_ms: float
+    inference_ms: float  # rounded once, to 0.01 ms, so the page's text and the data can never disagree
     image_size: tuple[int, int]
     input_size: int  # the model's input (the page says it), not part of the answer's data
 
     def as_dict(self) -> dict:
         return {"model": self.model, "predictions": [{"label": label, "probability": p} for label, p in self.predictions],
-                "low_confidence": self.low_confidence, "inference_ms": round(self.inference_ms, 2),
+                "low_confidence": self.low_confidence, "inference_ms": self.inference_ms,
                 "image_size": list(self.image_size)}
 
 
@@ -253,7 +253,7 @@ class App:
         with self.model_calls():
             top, inference_ms, size = predictor.classify(self.decode_upload(data, name, predictor), k)
         outcome.model, outcome.top1, outcome.image_size = predictor.name, top[0][0], size
-        return Classification(predictor.name, top, predictor.low_confidence(top[0][1]), inference_ms, size,
+        return Classification(predictor.name, top, predictor.low_confidence(top[0][1]), round(inference_ms, 2), size,
                               predictor.input_size)
 
     def explain(self, image_path: str | None, class_name: str | None = None, model: str | None = None,
