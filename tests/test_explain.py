@@ -15,7 +15,7 @@ from .helpers import FAST, create_served_app, noise_image, serve, train
 
 @pytest.fixture(scope="module")
 def trained_96(parquet_repo, tmp_path_factory):
-    """The blob model at 96 px, where resnet18's last stage is a 3x3 map: coarse, but a heatmap can move."""
+    """The blob model at 96 px, where a ResNet's last stage is a 3x3 map: coarse, but a heatmap can move."""
     out = tmp_path_factory.mktemp("run96") / "model"
     args = [a if a != "32" else "96" for a in FAST]  # --img-size 96
     train("--dataset", parquet_repo, "--output-dir", out, "--epochs", "5", "--optimizer", "adamw", "--lr", "3e-3",

@@ -27,20 +27,35 @@ from .test_hub import ROOT, hub_env, python
 pytestmark = pytest.mark.slow  # the Hub stand-in and training processes
 
 BASE = "timm/resnet18.a1_in1k"  # what timm's `resnet18` fetches
+PUSHED = "tester/blobs-finetuned"
 SMALL = ["--epochs", "1", "--img-size", "32", "--batch-size", "32", "--eval-batch-size", "64",
          "--samples-per-class", "2", "--failure-samples", "2"]
 
 
-@pytest.fixture
-def hub_with_resnet18(tmp_path):
+@pytest.fixture(scope="module")
+def hub_with_resnet18(tmp_path_factory):
     """The stand-in, serving timm's resnet18 repo; -> (the stand-in, the served state dict)."""
     standin = HubStandIn().start()
     base = timm.create_model("resnet18", num_classes=1000)
-    folder = tmp_path / "base-repo"
+    folder = tmp_path_factory.mktemp("base-repo")
     save_for_hf(base, str(folder), safe_serialization=True)
     standin.add_files("model", BASE, {p.name: p.read_bytes() for p in folder.iterdir()})
     yield standin, base.state_dict()
     standin.stop()
+
+
+@pytest.fixture(scope="module")
+def finetuned(hub_with_resnet18, parquet_repo, tmp_path_factory):
+    """The default run as a user with internet types it, pushing what it made: -> (its environment, its folder,
+    what it printed). One run serves the tests of its weights, of the cache it fills, and of the Space it feeds."""
+    standin, _ = hub_with_resnet18
+    folder = tmp_path_factory.mktemp("finetuned")
+    env = hub_env(standin, folder / "home")
+    out = folder / "model"
+    result = python(env, "train_accelerate.py", "--dataset", parquet_repo, "--output-dir", out, "--push-to-hub",
+                    PUSHED, *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return env, out, result
 
 
 def record(out: Path) -> dict:
@@ -55,25 +70,28 @@ def assert_backbone_is(out: Path, served: dict) -> None:
     assert exported["fc.weight"].shape == (4, 512)  # the 1000-class head replaced by one for the 4 classes
 
 
-def test_the_default_run_fine_tunes_the_hub_weights_then_finds_them_in_the_cache(hub_with_resnet18, parquet_repo,
-                                                                                  tmp_path):
+def test_the_default_run_fine_tunes_the_hub_weights(hub_with_resnet18, finetuned):
     standin, served = hub_with_resnet18
-    env = hub_env(standin, tmp_path / "home")
+    _, out, result = finetuned
     revision = standin.repos[("model", BASE)].sha
-    online = tmp_path / "online"
-    result = python(env, "train_accelerate.py", "--dataset", parquet_repo, "--output-dir", online, *SMALL)
-    assert result.returncode == 0, result.stderr[-3000:]
     assert f"Recipe: fine-tuning, for weights hf-hub:{BASE}@{revision} (the Hub's)" in result.stdout
-    weights = record(online)["resolved"]["weights"]
+    weights = record(out)["resolved"]["weights"]
     assert weights == {"source": f"hf-hub:{BASE}@{revision}", "kind": "hub", "hub_id": BASE, "revision": revision,
                        "license": "apache-2.0", "why": "the Hub's"}
-    assert record(online)["resolved"]["recipe"]["name"] == "finetune"
-    assert_backbone_is(online, served)
-    card = (online / "README.md").read_text()
+    assert record(out)["resolved"]["recipe"]["name"] == "finetune"
+    assert_backbone_is(out, served)
+    card = (out / "README.md").read_text()
     assert f"base_model: {BASE}\n" in card and "base_model_relation: finetune" in card
     assert "license: apache-2.0" in card and f"fine-tuned from [{BASE}]" in card
 
-    standin.stop()  # the Hub out of reach: the same command starts from the same weights, out of the cache
+
+def test_with_the_hub_gone_the_cache_serves_the_weights_and_without_either_the_run_says_so(
+        hub_with_resnet18, finetuned, parquet_repo, tmp_path):
+    standin, served = hub_with_resnet18
+    revision = standin.repos[("model", BASE)].sha
+    # the Hub out of reach (nothing listens there): the same command starts from the same weights, out of the cache
+    # the fine-tuning run filled
+    env = dict(finetuned[0], HF_ENDPOINT=f"http://127.0.0.1:{free_port()}")
     offline = tmp_path / "offline"
     result = python(env, "train_accelerate.py", "--dataset", parquet_repo, "--output-dir", offline, *SMALL)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -103,17 +121,15 @@ def test_the_default_run_fine_tunes_the_hub_weights_then_finds_them_in_the_cache
     ("someone-else/blobs", "write", "tester may not write to 'someone-else' (writable: tester)"),
     ("tester/blobs", "read", "the token is read-only; create a write token"),
 ])
-def test_a_push_that_cannot_happen_fails_before_training(hub_with_resnet18, parquet_repo, tmp_path, repo, role,
-                                                        says):
-    standin, _ = hub_with_resnet18
-    standin.token_role = role
+def test_a_push_that_cannot_happen_fails_before_training(hub, parquet_repo, tmp_path, repo, role, says):
+    hub.token_role = role  # an empty stand-in of its own: the refusal comes before any weights are asked for
     out = tmp_path / "model"
-    result = python(hub_env(standin, tmp_path / "home"), "train_accelerate.py", "--dataset", parquet_repo,
+    result = python(hub_env(hub, tmp_path / "home"), "train_accelerate.py", "--dataset", parquet_repo,
                     "--output-dir", out, "--no-pretrained", "--push-to-hub", repo, *SMALL)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: Checking write access to {repo} failed: {says}."
     assert "Loading" not in result.stdout and not (out / "model.safetensors").exists()  # before the data, even
-    assert ("model", repo) not in standin.repos
+    assert ("model", repo) not in hub.repos
 
 
 TIMM_PREDICTS = """
@@ -130,23 +146,18 @@ print(json.dumps(dict(zip(config["label_names"], probs.tolist()))))
 """
 
 
-def test_train_push_deploy_a_space_and_serve_it_from_its_own_files(hub_with_resnet18, parquet_repo, tmp_path):
+def test_the_pushed_run_deploys_a_space_that_serves_it_from_its_own_files(hub_with_resnet18, finetuned, tmp_path):
     from gradio_client import Client, handle_file
 
     standin, _ = hub_with_resnet18
-    env = hub_env(standin, tmp_path / "home")
-    out = tmp_path / "model"
-    trained = python(env, "train_accelerate.py", "--dataset", parquet_repo, "--output-dir", out,
-                     "--push-to-hub", "tester/blobs-finetuned", *SMALL)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    card = standin.repos[("model", "tester/blobs-finetuned")].files["README.md"].decode()
-    assert f"base_model: {BASE}" in card and "hf-hub:tester/blobs-finetuned" in card
-    assert str(tmp_path) not in card and "/tmp/" not in card  # no local path of the training machine
-    pushed_args = json.loads(standin.repos[("model", "tester/blobs-finetuned")].files["training_args.json"])
+    env = finetuned[0]
+    card = standin.repos[("model", PUSHED)].files["README.md"].decode()
+    assert f"base_model: {BASE}" in card and f"hf-hub:{PUSHED}" in card
+    assert str(finetuned[1].parent) not in card and "/tmp/" not in card  # no local path of the training machine
+    pushed_args = json.loads(standin.repos[("model", PUSHED)].files["training_args.json"])
     assert "/tmp/" not in json.dumps(pushed_args)
 
-    deployed = python(env, "-m", "classifier.hub", "deploy-space", "tester/blobs-demo", "--model",
-                      "tester/blobs-finetuned")
+    deployed = python(env, "-m", "classifier.hub", "deploy-space", "tester/blobs-demo", "--model", PUSHED)
     assert deployed.returncode == 0, deployed.stderr[-3000:]
     space = tmp_path / "space"  # the Space's repo, as a Space checks it out: nothing else of this project
     fetched = python(env, "-c", "import sys; from huggingface_hub import snapshot_download; "
@@ -168,7 +179,7 @@ def test_train_push_deploy_a_space_and_serve_it_from_its_own_files(hub_with_resn
     finally:
         app.terminate()
         app.wait(timeout=30)
-    expected = python(env, "-c", TIMM_PREDICTS, "tester/blobs-finetuned", image)
+    expected = python(env, "-c", TIMM_PREDICTS, PUSHED, image)
     assert expected.returncode == 0, expected.stderr[-3000:]
     expected = json.loads(expected.stdout.strip().splitlines()[-1])
     assert info["starting_weights"] == f"hf-hub:{BASE}@{standin.repos[('model', BASE)].sha}"
@@ -181,11 +192,13 @@ def test_two_processes_fetch_the_weights_once_and_both_start_from_them(hub_with_
     standin, served = hub_with_resnet18
     out = tmp_path / "model"
     env = dict(hub_env(standin, tmp_path / "home"), OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
+    fetched_before = standin.downloads[(BASE, "model.safetensors")]  # (the stand-in serves the whole module)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              "train_accelerate.py", "--dataset", str(parquet_repo), "--output-dir", str(out), *SMALL],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert standin.downloads[(BASE, "model.safetensors")] == 1  # the main process fetched, the other read the cache
+    # the main process fetched, the other read the cache
+    assert standin.downloads[(BASE, "model.safetensors")] == fetched_before + 1
     assert record(out)["num_processes"] == 2 and record(out)["resolved"]["recipe"]["name"] == "finetune"
     assert_backbone_is(out, served)
 
