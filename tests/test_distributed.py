@@ -75,8 +75,10 @@ def same_weights(a: Path, b: Path) -> None:
         assert torch.equal(first[key], second[key]), key
 
 
+# timm's small test ResNet (helpers.FAST says why) wherever the model's size does not matter
+SMALL_MODEL = ["--model", "test_resnet", "--no-pretrained"]
 # every random part of the recipe on: each must draw per process and still reproduce
-RECIPE = ["--epochs", "2", "--img-size", "32", "--batch-size", "16", "--eval-batch-size", "16", "--no-pretrained",
+RECIPE = ["--epochs", "2", "--img-size", "32", "--batch-size", "16", "--eval-batch-size", "16", *SMALL_MODEL,
           "--mixed-precision", "no", "--augment", "strong", "--random-erase", "0.5", "--mixup", "0.2",
           "--cutmix", "1.0", "--drop-rate", "0.2", "--samples-per-class", "2", "--data-workers", "1"]
 # 216 training images (240 less the carved validation split) / (2 x 16): 6 steps an epoch, 12 in all
@@ -226,7 +228,7 @@ def stops_together(dataset: Path, out: Path, *options: str) -> str:
     """Run two processes that must fail; -> the one error line, once all assertions on how they stopped hold."""
     started = time.time()
     result = torchrun(2, "train_accelerate.py", "--dataset", dataset, "--output-dir", out, "--epochs", "1",
-                      "--img-size", "32", "--batch-size", "16", "--no-pretrained", "--data-workers", "1", *options,
+                      "--img-size", "32", "--batch-size", "16", *SMALL_MODEL, "--data-workers", "1", *options,
                       timeout=240)
     output = result.stdout + result.stderr
     assert time.time() - started < 180  # no process waited for a collective's timeout
@@ -270,7 +272,7 @@ def training_under_way(dataset: Path, out: Path, *options: str):
     """A long 2-process run, once both ranks have trained 4 steps; -> (the launcher, every process under it, the
     training processes by rank)."""
     command = [*LAUNCH, "train_accelerate.py", "--dataset", str(dataset), "--output-dir", str(out), "--epochs", "50",
-               "--img-size", "32", "--batch-size", "16", "--no-pretrained", "--data-workers", "1",
+               "--img-size", "32", "--batch-size", "16", *SMALL_MODEL, "--data-workers", "1",
                "--samples-per-class", "0", "--checkpoint-every", "2", *options]
     launcher = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
@@ -360,7 +362,7 @@ def test_two_machines_on_loopback_train_as_one_run(parquet_repo, tmp_path):
          str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--num_processes", "2",
          "--mixed_precision", "no", "--dynamo_backend", "no", "train_accelerate.py", "--dataset", str(parquet_repo),
          "--output-dir", str(out), "--epochs", "1", "--img-size", "32", "--batch-size", "16", "--max-train-samples",
-         "64", "--max-eval-samples", "16", "--no-pretrained", "--samples-per-class", "0", "--failure-samples", "0"],
+         "64", "--max-eval-samples", "16", *SMALL_MODEL, "--samples-per-class", "0", "--failure-samples", "0"],
         cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
     outputs = [launcher.communicate(timeout=300) for launcher in launchers]
     for launcher, (stdout, stderr) in zip(launchers, outputs):
