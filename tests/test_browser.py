@@ -389,7 +389,7 @@ def contrast(page_or_locator, selector: str = None) -> float:
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_the_notice_stands_out_and_is_readable_in_light_and_dark_mode(page, trained, scheme):
-    """The notice is a box (a background and a solid border) whose text has at least WCAG AA's 4.5:1 against it;
+    """The notice is a box (a background and a solid amber border) whose text has at least WCAG AA's 4.5:1 against it;
     dark mode follows the system's preference (issue 37, point 8: near-white text on pale yellow, 1.06:1)."""
     from classifier.monitor import RequestMonitor
     from classifier.predict import load_predictors
@@ -407,12 +407,16 @@ def test_the_notice_stands_out_and_is_readable_in_light_and_dark_mode(page, trai
             dark = other.evaluate("() => document.body.classList.contains('dark') || "
                                   "!!document.querySelector('.gradio-container.dark, .dark .gradio-container')")
             ratio = contrast(notice)
-            style = notice.evaluate("e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).borderTopStyle]")
+            style = notice.evaluate("e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).borderTopStyle, "
+                                    "getComputedStyle(e).borderTopColor]")
             other.goto(f"{url}?model=nope")  # the link's notice too
             ratio_link = contrast(other.locator("#link-notice"))
             other.close()
             assert dark == (scheme == "dark"), width
             assert style[0] not in ("rgba(0, 0, 0, 0)", "transparent") and style[1] == "solid", (width, style)
+            # an amber border, ours: Gradio's own block border is grey (red no higher than blue) in both schemes
+            red, green, blue = map(int, re.findall(r"\d+", style[2])[:3])
+            assert red > blue + 60 and green > blue, (width, style)
             assert ratio >= 4.5 and ratio_link >= 4.5, (width, ratio, ratio_link)
 
 
