@@ -15,11 +15,12 @@ from PIL import Image, ImageDraw
 
 CLASSES = ["red", "green", "blue", "yellow"]
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
-# a small training run: tiny images, no pretrained weights to fetch, and timm's own test ResNet (370 k parameters,
-# the same model code as resnet18's): a step takes an eighth of resnet18's time and the blobs are learnt sooner.
-# Tests of what is resnet18's own (the default run, its Hub weights, its feature maps) name it themselves.
-FAST = ["--model", "test_resnet", "--img-size", "32", "--batch-size", "32", "--no-pretrained", "--eval-batch-size",
-        "64"]
+# timm's own test ResNet (370 k parameters, the same model code as resnet18's): a step takes an eighth of
+# resnet18's time and the blobs are learnt sooner. Tests of what is resnet18's own (the served model, its Hub
+# weights and weights files, the strided convolutions its bf16 guard counts) name resnet18 themselves.
+TEST_MODEL = ["--model", "test_resnet"]
+# a small training run: tiny images, no pretrained weights to fetch, the test model
+FAST = [*TEST_MODEL, "--img-size", "32", "--batch-size", "32", "--no-pretrained", "--eval-batch-size", "64"]
 
 
 def noise_image(size: tuple[int, int], rng: random.Random, sigma: float = 40) -> Image.Image:

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from classifier.data import memory_budget
 from classifier.engine import train_batches
 
-from .helpers import CLASSES, make_examples
+from .helpers import CLASSES, TEST_MODEL, make_examples
 
 pytestmark = pytest.mark.slow  # torchrun and launcher processes
 
@@ -75,8 +75,7 @@ def same_weights(a: Path, b: Path) -> None:
         assert torch.equal(first[key], second[key]), key
 
 
-# timm's small test ResNet (helpers.FAST says why) wherever the model's size does not matter
-SMALL_MODEL = ["--model", "test_resnet", "--no-pretrained"]
+SMALL_MODEL = [*TEST_MODEL, "--no-pretrained"]
 # every random part of the recipe on: each must draw per process and still reproduce
 RECIPE = ["--epochs", "2", "--img-size", "32", "--batch-size", "16", "--eval-batch-size", "16", *SMALL_MODEL,
           "--mixed-precision", "no", "--augment", "strong", "--random-erase", "0.5", "--mixup", "0.2",

@@ -11,11 +11,10 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from .helpers import reset_accelerate_state, train
+from .helpers import TEST_MODEL, reset_accelerate_state, train
 
 SMALL = ["--img-size", "32", "--batch-size", "32", "--eval-batch-size", "64", "--samples-per-class", "0",
          "--failure-samples", "0"]
-TEST_RESNET = ["--model", "test_resnet"]  # where no resnet18 weights file is read: helpers.FAST says why
 
 
 @pytest.fixture(scope="module")
@@ -80,14 +79,14 @@ def test_the_lr_follows_the_global_batch(parquet_repo, tmp_path, capsys):
     out = tmp_path / "model"
     # SGD (the generic scratch recipe): linear in the global batch, 32 x 2 accumulation steps against 128
     train("--dataset", parquet_repo, "--output-dir", out, "--no-pretrained", "--epochs", "1",
-          "--gradient-accumulation-steps", "2", *SMALL, *TEST_RESNET)
+          "--gradient-accumulation-steps", "2", *SMALL, *TEST_MODEL)  # no resnet18 weights file is read here
     lr = record(out)["resolved"]["lr"]
     assert lr == {"base": 0.1, "applied": pytest.approx(0.05), "rule": "linear", "global_batch": 64,
                   "reference_batch": 128}
     assert "lr 0.1 -> 0.05: linear scaling for a global batch of 64" in capsys.readouterr().out
     none = tmp_path / "none"
     train("--dataset", parquet_repo, "--output-dir", none, "--no-pretrained", "--epochs", "1", "--lr-scale", "none",
-          *SMALL, *TEST_RESNET)
+          *SMALL, *TEST_MODEL)
     assert record(none)["resolved"]["lr"]["applied"] == 0.1
 
 
@@ -128,7 +127,7 @@ def test_a_resume_under_another_plan_is_refused_naming_what_differs(parquet_repo
                                                                       named):
     out = tmp_path_factory.mktemp("resume") / "model"
     base = ["--dataset", parquet_repo, "--output-dir", out, "--no-pretrained", "--checkpoint-every", "3", *SMALL,
-            *TEST_RESNET]
+            *TEST_MODEL]
     train(*base, "--epochs", "1")  # 216 training images, 6 steps of 32: checkpoints at steps 3 and 6
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
