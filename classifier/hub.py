@@ -2,7 +2,7 @@
 
     python -m classifier.hub push runs/cifar10 me/resnet18-cifar10 [--private] [--revision BRANCH]
     python -m classifier.hub deploy-space me/cifar10-demo --model me/resnet18-cifar10 [--model-revision REV]
-        [--private] [--hardware cpu-basic] [--add-token-secret] [--dry-run]
+        [--private] [--hardware cpu-basic] [--add-token-secret] [--flag-dataset DATASET_ID] [--dry-run]
 
 The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT points everything at another Hub.
 """
@@ -194,14 +194,15 @@ def model_datasets(model_id: str, revision: str | None, token: str | None) -> li
 
 def deploy_space(space_id: str, model_id: str, model_revision: str | None = None, private: bool = False,
                  hardware: str = "cpu-basic", add_token_secret: bool = False, dry_run: bool = False,
-                 token: str | None = None) -> dict:
+                 token: str | None = None, flag_dataset: str | None = None) -> dict:
     """Create or update a Gradio Space that serves `model_id`. Returns what was (or would be) done.
 
     The steps run in order and nothing is undone when one fails, so its error names the step, what the earlier
     ones left on the Hub and what is not done. Every step is safe to repeat: running the command again finishes."""
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
-    variables = {"MODEL_ID": model_id, **({"MODEL_REVISION": model_revision} if model_revision else {})}
+    variables = {"MODEL_ID": model_id, **({"MODEL_REVISION": model_revision} if model_revision else {}),
+                 **({"FLAG_DATASET": flag_dataset} if flag_dataset else {})}
     files = [str(p) for p in space_files()] + ["requirements.txt", "README.md"]
     plan = {"space": space_id, "files": files, "variables": variables, "hardware": hardware, "private": private,
             "secrets": ["HF_TOKEN"] if add_token_secret else []}
@@ -218,6 +219,9 @@ def deploy_space(space_id: str, model_id: str, model_revision: str | None = None
     if model_private and not add_token_secret:
         print(f"Note: {model_id} is private; the Space needs an HF_TOKEN secret to download it. "
               "Add it on the Space's settings page, or run again with --add-token-secret.", file=sys.stderr)
+    if flag_dataset and not add_token_secret:  # the app stops at start when it cannot create or reach the dataset
+        print(f"Note: the Space keeps corrections in {flag_dataset}, so it needs an HF_TOKEN secret that may write "
+              "there. Add it on the Space's settings page, or run again with --add-token-secret.", file=sys.stderr)
     readme = space_readme(space_id, model_id, model_datasets(model_id, model_revision, token), hardware)
     operations = [CommitOperationAdd(str(path), str(PROJECT_ROOT / path)) for path in space_files()]
     operations += [CommitOperationAdd("requirements.txt", space_requirements(hardware).encode()),
@@ -272,6 +276,9 @@ def main(argv=None) -> None:
     space.add_argument("--hardware", default="cpu-basic", help="Space hardware flavour")
     space.add_argument("--add-token-secret", action="store_true",
                        help="store your token as the Space secret HF_TOKEN (needed for a private model)")
+    space.add_argument("--flag-dataset", metavar="DATASET_ID",
+                       help="collect visitors' corrections in this Hub dataset (Space variable FLAG_DATASET; "
+                            "the Space's HF_TOKEN must be able to write it; default: off)")
     space.add_argument("--dry-run", action="store_true", help="list files and settings, upload nothing")
     args = parser.parse_args(argv)
     try:
@@ -279,7 +286,7 @@ def main(argv=None) -> None:
             push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision)
         else:
             plan = deploy_space(args.space_id, args.model, args.model_revision, args.private, args.hardware,
-                                args.add_token_secret, args.dry_run)
+                                args.add_token_secret, args.dry_run, flag_dataset=args.flag_dataset)
             if args.dry_run:
                 print(f"Would create/update the Space {plan['space']} (private={plan['private']}, "
                       f"hardware={plan['hardware']}) with:")

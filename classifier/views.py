@@ -94,8 +94,9 @@ def flag(app: App, image_path: str | None, label: str | None, model: str | None 
         a line saying what was stored and where.
     """
     stored = app.flag(image_path, label, model)
-    return (f"Thank you: **{stored['label']}** is stored for this image (the model said {stored['predicted']}, "
-            f"{100 * stored['probability']:.0f} %). It reaches the dataset `{stored['dataset']}` within "
+    # the model is named: this line may land after the page switched to another model
+    return (f"Thank you: **{stored['label']}** is stored for this image ({stored['model']} said "
+            f"{stored['predicted']}, {100 * stored['probability']:.0f} %). It reaches the dataset `{stored['dataset']}` within "
             f"{app.flags.every_minutes:g} minutes.")
 
 

@@ -157,7 +157,8 @@ def test_the_pushed_run_deploys_a_space_that_serves_it_from_its_own_files(hub_wi
     pushed_args = json.loads(standin.repos[("model", PUSHED)].files["training_args.json"])
     assert "/tmp/" not in json.dumps(pushed_args)
 
-    deployed = python(env, "-m", "classifier.hub", "deploy-space", "tester/blobs-demo", "--model", PUSHED)
+    deployed = python(env, "-m", "classifier.hub", "deploy-space", "tester/blobs-demo", "--model", PUSHED,
+                      "--flag-dataset", "tester/blobs-corrections", "--add-token-secret")
     assert deployed.returncode == 0, deployed.stderr[-3000:]
     space = tmp_path / "space"  # the Space's repo, as a Space checks it out: nothing else of this project
     fetched = python(env, "-c", "import sys; from huggingface_hub import snapshot_download; "
@@ -168,14 +169,20 @@ def test_the_pushed_run_deploys_a_space_that_serves_it_from_its_own_files(hub_wi
 
     image = tmp_path / "blob.png"
     shape_image("blue", random.Random(3), 32).save(image)
-    variables = standin.repos[("space", "tester/blobs-demo")].variables
-    port = free_port()
+    deployed_space = standin.repos[("space", "tester/blobs-demo")]
+    assert deployed_space.secrets == {"HF_TOKEN": env["HF_TOKEN"]}
+    port = free_port()  # the Space's process: its variables and secrets are its environment
     app = load_app.start_server(["app.py", "--host", "127.0.0.1", "--port", str(port)], port,
-                                dict(env, **variables, INFERENCE_PRECISION="fp32"), cwd=space)
+                                dict(env, **deployed_space.variables, **deployed_space.secrets,
+                                     INFERENCE_PRECISION="fp32"), cwd=space)
     try:
         client = Client(f"http://127.0.0.1:{port}", verbose=False)
         label, *_ = client.predict(handle_file(str(image)), 4, api_name="/predict")
         info = client.predict(api_name="/model_info")  # what About shows
+        # --flag-dataset turned corrections on: the Space made the dataset at start and takes one
+        assert standin.repos[("dataset", "tester/blobs-corrections")].private
+        said = client.predict(handle_file(str(image)), label["label"], api_name="/flag")
+        assert "tester/blobs-corrections" in said
     finally:
         app.terminate()
         app.wait(timeout=30)

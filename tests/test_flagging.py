@@ -55,6 +55,7 @@ def test_a_correction_reaches_the_owners_dataset_only_when_sent(hub, trained, tm
             client.predict(handle_file(str(image_path)), "purple", api_name="/flag")
         said = client.predict(handle_file(str(image_path)), "blue", api_name="/flag")
         assert said.startswith("Thank you: **blue** is stored") and "`tester/flags` within 0.02 minutes" in said
+        assert f"({details['model']} said {details['predictions'][0]['label']}, " in said  # named: it may land late
 
         deadline = time.time() + 30
         while not any(p.endswith("metadata.jsonl") for p in data_files(hub, "tester/flags")):

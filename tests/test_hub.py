@@ -78,12 +78,17 @@ def test_push_uploads_exactly_the_model_folder(hub, trained, tmp_path):
 def test_deploy_space_creates_the_repo_and_sets_model_id(hub, trained, tmp_path):
     env = hub_env(hub, tmp_path / "home")
     assert python(env, "-m", "classifier.hub", "push", trained, "tester/blobs").returncode == 0
-    dry = python(env, "-m", "classifier.hub", "deploy-space", "tester/demo", "--model", "tester/blobs", "--dry-run")
+    corrections = ["--flag-dataset", "tester/demo-corrections"]
+    dry = python(env, "-m", "classifier.hub", "deploy-space", "tester/demo", "--model", "tester/blobs", *corrections,
+                 "--dry-run")
     assert dry.returncode == 0 and "app.py" in dry.stdout and "variable MODEL_ID=tester/blobs" in dry.stdout
+    assert "variable FLAG_DATASET=tester/demo-corrections" in dry.stdout
     assert ("space", "tester/demo") not in hub.repos
     result = python(env, "-m", "classifier.hub", "deploy-space", "tester/demo", "--model", "tester/blobs",
-                    "--model-revision", "main")
+                    "--model-revision", "main", *corrections)
     assert result.returncode == 0, result.stderr[-3000:]
+    # corrections are written with the Space's token, which this run did not store
+    assert "needs an HF_TOKEN secret that may write there" in result.stderr
     space = hub.repos[("space", "tester/demo")]
     assert {"app.py", "requirements.txt", "README.md", "classifier/ui.py", "classifier/server.py",
             "classifier/metrics/classification_report/classification_report.py"} <= set(space.files)
@@ -95,7 +100,8 @@ def test_deploy_space_creates_the_repo_and_sets_model_id(hub, trained, tmp_path)
     # the Gradio the requirements pin (with its [mcp] extra), as this project's own card says
     pin = re.search(r"^gradio\[mcp\]==([\w.]+)", (ROOT / "requirements-space.txt").read_text(), re.M).group(1)
     assert f"sdk_version: {pin}\n" in readme and f"sdk_version: {pin}\n" in (ROOT / "README.md").read_text()
-    assert space.variables == {"MODEL_ID": "tester/blobs", "MODEL_REVISION": "main"}
+    assert space.variables == {"MODEL_ID": "tester/blobs", "MODEL_REVISION": "main",
+                               "FLAG_DATASET": "tester/demo-corrections"}
     # what serving needs and no more, with PyTorch's CPU index on this cpu-basic Space
     requirements = space.files["requirements.txt"].decode()
     assert requirements == f"--extra-index-url {CPU_TORCH_INDEX}\n" + (ROOT / "requirements-space.txt").read_text()
