@@ -14,7 +14,7 @@ from PIL import Image
 
 from benchmarks import load_app
 
-from .helpers import free_port, shape_image
+from .helpers import CLASSES, free_port, shape_image
 from .hub_standin import HubStandIn
 from .test_hub import hub_env
 
@@ -83,6 +83,29 @@ def test_a_correction_reaches_the_owners_dataset_only_when_sent(hub, trained, tm
         assert rows.num_rows == 1 and rows[0]["label"] == "blue" and rows[0]["image"].size == pixels.size
         stats = client.predict(api_name="/stats")["endpoints"]["flag"]
         assert (stats["requests"], stats["errors"]) == (2, 1)
+
+        # many visitors at once, while commits go on every 1.2 s: each correction is stored once, whole, with its
+        # own image (told apart by their pixels)
+        sent = {}
+        for i in range(8):
+            path = tmp_path / f"visitor-{i}.png"
+            image = shape_image(CLASSES[i % 4], random.Random(100 + i), size=40)
+            image.save(path)
+            sent[image.tobytes()] = CLASSES[(i + 1) % 4]  # a class other than the blob's: a correction
+        jobs = [Client(url, verbose=False).submit(handle_file(str(tmp_path / f"visitor-{i}.png")), label,
+                                                  api_name="/flag") for i, label in enumerate(sent.values())]
+        assert all(job.result(timeout=120).startswith("Thank you") for job in jobs)
+        deadline = time.time() + 30
+        while len(records := [json.loads(line) for line in data_files(hub, "tester/flags")[metadata].decode()
+                              .splitlines()]) < 9:
+            assert time.time() < deadline, f"{len(records)} of 9 corrections committed within 30 s"
+            time.sleep(0.3)
+        files = data_files(hub, "tester/flags")
+        assert len(records) == 9 and len({r["file_name"] for r in records}) == 9
+        assert sum(p.endswith(".png") for p in files) == 9
+        stored = {Image.open(io.BytesIO(files[metadata.rsplit("/", 1)[0] + "/" + r["file_name"]])).convert("RGB")
+                  .tobytes(): r["label"] for r in records[1:]}
+        assert stored == sent
     finally:
         app.kill()
 

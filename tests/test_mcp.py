@@ -16,6 +16,7 @@ from PIL import Image
 from mcp.client.streamable_http import streamable_http_client
 
 from classifier.security import Limits
+from classifier.service import ENDPOINTS
 
 from .helpers import create_served_app, noise_image, serve
 
@@ -43,7 +44,7 @@ def test_an_agent_lists_the_tools_and_gets_the_same_answer_as_the_api(server, co
     url, _ = server
     tools = with_mcp_session(url, lambda session: session.list_tools())
     by_name = {tool.name: tool for tool in tools.tools}
-    assert {"predict", "explain"} <= set(by_name), sorted(by_name)
+    assert set(by_name) == set(ENDPOINTS), sorted(by_name)  # every public endpoint, as docs/APP.md lists them
     # the agent learns from the schema what to send: the image as a file URL, the parameters by their API names
     assert {"image_path", "top_k", "model"} <= set(by_name["predict"].inputSchema["properties"])
     assert "classif" in by_name["predict"].description.lower()

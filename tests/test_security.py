@@ -413,7 +413,7 @@ def test_readme_states_the_limits_the_code_enforces():
                    f"call {limits.batch_files} files and {limits.batch_pixels // 1_000_000} MP",
                    f"JSON bodies {limits.json_request_bytes // MB} MB",
                    f"upload request {limits.upload_request_bytes // MB} MB",
-                   f"{limits.concurrent_decodes} decodes at once", f"{limits.rest_in_flight} REST requests",
+                   f"{limits.concurrent_decodes} decodes at once", f"{limits.rest_in_flight} `/api/classify` requests",
                    f"queue {limits.queue_size}", f"after {limits.temp_age_s // 3600} h", "--private-stats",
                    "--host 127.0.0.1"):
         assert stated in " ".join(section.split()), stated
