@@ -15,12 +15,11 @@ import torch
 from timm.models import save_for_hf
 
 from .hub import hub_unreachable, names_local_path
+from .options import TTA_CHOICES
 
 log = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-# test-time augmentation: "flip" averages the predictions for an image and its mirror image
-TTA_CHOICES = ("none", "flip")
 
 
 class ModelSourceError(RuntimeError):

@@ -11,10 +11,12 @@ import re
 import sys
 from pathlib import Path
 
-from .augment import AUGMENT_LEVELS
-from .hardware import run_command
-from .model import TTA_CHOICES
 from .presets import GENERIC_RECIPE, PRESETS, RECIPES, recipe_for
+
+# The command line's choices live here, not beside the code that runs them (augment.py, model.py, which check
+# against these): this module imports no torch, so --help and a mistyped option answer at once
+AUGMENT_LEVELS = ("none", "basic", "strong")
+TTA_CHOICES = ("none", "flip")  # test-time augmentation: "flip" averages an image's predictions and its mirror's
 
 RESIZE_RAMP = (0.25, 0.75)  # FFCV's: the first quarter of the epochs at the small size, the last at the full one
 RECIPE_HELP = ("default: the preset's recipe, else " + ", ".join(f"{k}={v}" for k, v in GENERIC_RECIPE.items())
@@ -263,6 +265,8 @@ def parse_args(argv=None) -> Options:
         args.output_dir = f"runs/{dataset_slug(args.dataset)}"
     args.project_name = args.project_name or dataset_slug(args.dataset)
     args.run_name = args.run_name or f"{args.model}-{Path(args.output_dir).name}"
+    from .hardware import run_command  # torch: only once the options are known to be good
+
     # the line that repeats this run, launcher included, for the record and the model card
     args.command = run_command(sys.argv[1:] if argv is None else [str(a) for a in argv])
     return Options(**vars(args))

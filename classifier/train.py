@@ -502,8 +502,10 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main(argv=None) -> None:
-    options = parse_args(argv)
+def main(argv=None, options: Options | None = None) -> None:
+    """A run of `argv`'s options, or of `options` already parsed (train_accelerate.py parses them before importing
+    this module, so that --help and a usage error do not wait for torch)."""
+    options = options or parse_args(argv)
     configure_logging()
     try:
         run(options)

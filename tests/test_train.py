@@ -224,12 +224,21 @@ def test_mixup_takes_a_batch_that_lost_an_image():
     assert torch.equal(labels, torch.arange(14) % 4)
 
 
-@pytest.mark.slow
-def test_random_erase_without_augmentation_is_refused(tmp_path):
-    """The one test of a usage error from the script itself; the others call train.main in-process."""
-    result = subprocess.run([sys.executable, "train_accelerate.py", "--dataset", str(tmp_path), "--augment", "none",
-                             "--random-erase", "0.25"], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 2 and "--random-erase needs --augment basic or strong" in result.stderr
+def test_help_and_usage_errors_answer_before_torch_is_imported(tmp_path):
+    """The script itself (the other usage errors are tested through train.main in-process): --help and a refused
+    option answer from the options alone, in a fraction of a second, not after the seconds torch, timm and
+    datasets take to import (-X importtime lists every module the process imported)."""
+    def script(*args):
+        return subprocess.run([sys.executable, "-X", "importtime", "train_accelerate.py", *args], capture_output=True,
+                              text=True, cwd=ROOT, timeout=60)
+
+    refused = script("--dataset", str(tmp_path), "--augment", "none", "--random-erase", "0.25")
+    assert refused.returncode == 2 and "--random-erase needs --augment basic or strong" in refused.stderr
+    helped = script("--help")
+    assert helped.returncode == 0 and "--random-erase PROB" in helped.stdout
+    for result in (refused, helped):
+        imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time")}
+        assert "classifier.options" in imported and not imported & {"torch", "timm", "datasets", "accelerate"}
 
 
 def test_preset_erasing_is_a_default_that_augment_none_turns_off():
