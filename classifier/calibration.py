@@ -99,6 +99,18 @@ def calibrate(val_logits: torch.Tensor, val_labels: torch.Tensor, test_logits: t
             "num_samples": len(test_labels)}
 
 
+def temperature_note(temperature: float) -> str:
+    """What a temperature at an end of TEMPERATURE_RANGE says, where the fit stopped there ("" elsewhere)."""
+    low, high = TEMPERATURE_RANGE
+    if temperature >= high:
+        return (f"the fit stopped at its upper bound {high:g}: on validation the model's answers are barely better "
+                "than uniform, so its probabilities are all about equal")
+    if temperature <= low:
+        return (f"the fit stopped at its lower bound {low:g}: the validation split is too small, or every answer on "
+                "it right, to fit a temperature")
+    return ""
+
+
 def plot_reliability(calibration: dict, path: Path, title: str) -> None:
     """Accuracy against confidence per bin, before and after the temperature (from the record `calibrate` made),
     with each bin's share of images: on the diagonal, "80 %" means right 80 % of the time."""

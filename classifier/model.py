@@ -97,22 +97,23 @@ def create_model(name: str, num_classes: int, weights: StartingWeights, **model_
     """Build `name` with a fresh `num_classes` head on the given starting weights (timm drops their classifier
     when the class count differs)."""
     if not weights.pretrained:
-        return from_scratch(name, num_classes, **model_args)
+        return without_source(timm.create_model(name, pretrained=False, num_classes=num_classes, **model_args))
     try:
-        return timm.create_model(name, pretrained=True, num_classes=num_classes,
-                                 pretrained_cfg_overlay=dict(file=weights.file), **model_args)
+        model = timm.create_model(name, pretrained=True, num_classes=num_classes,
+                                  pretrained_cfg_overlay=dict(file=weights.file), **model_args)
     except Exception as e:
         raise ModelSourceError(f"Cannot load the weights {weights.describe()} into {name!r}: "
                                f"{type(e).__name__}: {e}") from e
+    # timm's config describes its own Hub weights; a --pretrained-file is someone else's
+    return model if weights.kind == "hub" else without_source(model)
 
 
 # what timm's pretrained_cfg says about the weights of its default tag (ImageNet's, for resnet18): their paper,
-# where they come from, their licence. A model trained from scratch has none of it.
+# where they come from, their licence. A model trained from scratch, or from a weights file, has none of it.
 SOURCE_WEIGHTS_KEYS = ("paper_ids", "paper_name", "origin_url", "notes", "license", "hf_hub_id", "url", "file")
 
 
-def from_scratch(name: str, num_classes: int, **model_args) -> torch.nn.Module:
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, **model_args)
+def without_source(model: torch.nn.Module) -> torch.nn.Module:
     model.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in SOURCE_WEIGHTS_KEYS}
     return model
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -66,8 +67,23 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line: the error, the option meant where a mistyped one is close
+    to one (--pretrained-files: did you mean --pretrained-file?), and where the rest are, not a 40-line usage."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments: "):
+            options = [word.split("=")[0] for word in message.split(": ", 1)[1].split() if word.startswith("--")]
+            meant = {given: close[0] for given in options
+                     if (close := difflib.get_close_matches(given, self._option_string_actions, n=1))}
+            if meant:
+                message += "; did you mean " + (next(iter(meant.values())) if len(meant) == 1 else
+                                               ", ".join(f"{close} for {given}" for given, close in meant.items())) + "?"
+        self.exit(2, f"{self.prog}: error: {message} (--help lists every option)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Fine-tune a timm model on an image-classification dataset with Hugging Face accelerate.",
         epilog=f"Presets: {', '.join(f'{k} ({v.path})' for k, v in PRESETS.items())}. Recipe options ({RECIPE_HELP}).",
         formatter_class=HelpFormatter,

@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 
+from .calibration import temperature_note  # noqa: E402
+
 CURVES_NAME, CONFUSION_NAME, CALIBRATION_NAME = "curves.png", "confusion_matrix.png", "calibration.png"
 
 
@@ -63,6 +65,18 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def no_better_than_guessing(final: dict, split: str) -> str:
+    """A warning when the model is right no more often than always answering the split's commonest class would be
+    ("" otherwise): such a model has learnt nothing usable, whatever else its card says."""
+    support = final["per_class"]["support"]
+    commonest = max(support) / sum(support)
+    if final["accuracy"] > commonest or commonest == 1:  # (a split of one class leaves nothing to beat)
+        return ""
+    return (f"This model is no better than guessing: its {split} accuracy, {100 * final['accuracy']:.2f} %, does not "
+            f"beat always answering the commonest class ({100 * commonest:.2f} %). Train longer or on more images, "
+            "or check the labels and the learning rate.")
+
+
 def model_card(
     repo_name: str,
     architecture: str,
@@ -104,6 +118,7 @@ def model_card(
         for i, name in enumerate(label_names)
     )
     metric_rows = "\n".join(f"| {name} | {_fmt(final.get(key))} |" for key, name in METRIC_ROWS)
+    guessing = no_better_than_guessing(final, eval_split)
     hub_id = repo_name if "/" in repo_name else f"<your-user>/{repo_name}"  # a folder not pushed (yet)
     exported = final.get("exported_weights")
     if exported:
@@ -125,7 +140,7 @@ def model_card(
 
 A timm `{architecture}` image classifier for {len(label_names)} classes ({", ".join(label_names)}),
 trained on `{dataset}` at {img_size}x{img_size} px, {starting_point(weights)}.
-{f"{chr(10)}{data_note}{chr(10)}" if data_note else ""}
+{f"{chr(10)}**{guessing}**{chr(10)}" if guessing else ""}{f"{chr(10)}{data_note}{chr(10)}" if data_note else ""}
 ## Use it
 
 With timm alone:
@@ -180,11 +195,12 @@ def calibration_section(calibration: dict, eval_split: str) -> str:
     # one view's class cannot move; the mean of the mirror views' probabilities can, where the views disagree
     changes = (f"\nThe temperature changes the predicted class of {changed} of the {eval_split} images (where the "
                "image and its mirror disagree).\n") if changed else ""
+    bound = f" ({note})" if (note := temperature_note(calibration["temperature"])) else ""
     return f"""
 ## Calibration
 
 The probabilities are divided by a temperature of {calibration['temperature']:.4g} before the softmax, fitted on the
-validation split for the prediction as made above (config.json `temperature`; the app uses it). On the
+validation split for the prediction as made above (config.json `temperature`; the app uses it){bound}. On the
 {eval_split} split ({calibration['num_samples']} images; expected calibration error over {calibration['bins']} bins):
 
 | | ECE | NLL | accuracy |

@@ -33,7 +33,7 @@ from .data import (DataError, Splits, StreamedSplit, TensorSplit, decode_split, 
                    memory_budget, streams, typical_size)
 from .distributed import (RUN_ENDING, end_run, from_every_process, local_process_count, process_group_kwargs,
                           seed_processes, together)
-from .calibration import calibrate
+from .calibration import calibrate, temperature_note
 from .engine import (Plan, Recipe, collect_view_logits, epoch_record, eval_loader, split_metrics, train_one_epoch,
                      validate_split)
 from .export import check_output_dir, write_model_folder
@@ -44,6 +44,7 @@ from .model import StartingWeights, create_model, resolve_weights
 from .options import Options, apply_recipe, parse_args, scaled_lr
 from .presets import recipe_for
 from .record import RunRecord
+from .report import no_better_than_guessing
 from .samples import write_samples
 from .state import TrainState
 
@@ -428,12 +429,16 @@ def final_evaluation(options: Options, accelerator: Accelerator, training: Train
     final["calibration"] = calibrate(val_logits, val_labels, final_logits, final_labels)
     single_view = (f" ({100 * final['single_view_accuracy']:.2f}% without --tta {options.tta})"
                    if options.tta != "none" else "")
+    roc_auc = "n/a" if final["roc_auc"] is None else f"{final['roc_auc']:.4f}"
     accelerator.print(f"{split}: accuracy {100 * final['accuracy']:.2f}%{single_view}, f1 {final['f1']:.4f}, "
-                      f"mcc {final['mcc']:.4f}, roc_auc {final['roc_auc']}")
+                      f"mcc {final['mcc']:.4f}, roc_auc {roc_auc}")
     cal = final["calibration"]
-    accelerator.print(f"calibration: temperature {cal['temperature']:.3f} (fitted on validation); {split} ECE "
-                      f"{100 * cal['before']['ece']:.2f}% -> {100 * cal['after']['ece']:.2f}%, NLL "
+    note = temperature_note(cal["temperature"])
+    fitted = f"fitted on validation; {note}" if note else "fitted on validation"
+    accelerator.print(f"calibration: temperature {cal['temperature']:.3f} ({fitted}); {split} ECE {100 * cal['before']['ece']:.2f}% -> {100 * cal['after']['ece']:.2f}%, NLL "
                       f"{cal['before']['nll']:.4f} -> {cal['after']['nll']:.4f}")
+    if guessing := no_better_than_guessing(final, split):
+        log.warning(guessing)
     if options.weights_dtype != "float32":
         # the exported weights are rounded to a 16-bit type: measure what that costs on the same split
         rounded = copy.deepcopy(exported_model(accelerator, training)).to(getattr(torch, options.weights_dtype)).float()

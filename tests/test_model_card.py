@@ -1,9 +1,12 @@
 """What a model folder's card and config say about the model's data and weights: the dataset by its name (a local
-copy said so, never its path), no description of weights it did not start from."""
+copy said so, never its path), no description of weights it did not start from, and a model that learnt nothing
+called so."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 
 def test_the_card_names_the_dataset_and_says_its_split_was_a_local_copy(trained):
@@ -29,3 +32,42 @@ def test_dataset_labels_are_ids_or_folder_names(tmp_path):
     assert dataset_label("someone/some-dataset") == "someone/some-dataset"
     (tmp_path / "cifar10").mkdir()
     assert dataset_label(str(tmp_path / "cifar10") + "/") == "cifar10"
+
+
+@pytest.mark.slow
+def test_a_model_that_learnt_nothing_usable_is_called_so_in_the_log_and_on_its_card(tmp_path, caplog):
+    """The test split's labels are the training labels moved one class on (red images labelled green...): the model
+    learns the training split and is wrong on nearly every test image, below the commonest class's 25 %."""
+    from .helpers import FAST, make_examples, train, write_parquet_repo
+
+    moved = [(image, (label + 1) % 4) for image, label in make_examples(15, seed=1)]
+    dataset = write_parquet_repo(tmp_path / "data", {"train": make_examples(60, seed=0), "test": moved})
+    out = tmp_path / "model"
+    train("--dataset", dataset, "--output-dir", out, "--epochs", "3", "--samples-per-class", "0",
+          "--failure-samples", "0", *FAST)
+    accuracy = json.loads((out / "metrics.json").read_text())["final"]["accuracy"]
+    assert accuracy < 0.25
+    said = (f"This model is no better than guessing: its test accuracy, {100 * accuracy:.2f} %, does not beat always "
+            "answering the commonest class (25.00 %).")
+    assert said in caplog.text
+    assert f"**{said}" in " ".join((out / "README.md").read_text().split())
+
+
+def test_a_temperature_fitted_to_answers_that_carry_nothing_is_called_so():
+    """Logits drawn apart from the labels: the likelihood improves as T grows, up to the bound the fit keeps, and
+    the card's calibration section says what that bound means."""
+    import torch
+
+    from classifier.calibration import calibrate
+    from classifier.report import calibration_section
+
+    torch.manual_seed(0)
+    logits, labels = 3 * torch.randn(1, 400, 4), torch.randint(0, 4, (400,))
+    calibration = calibrate(logits, labels, logits, labels)
+    assert calibration["temperature"] == 20.0
+    assert ("the fit stopped at its upper bound 20: on validation the model's answers are barely better than "
+            "uniform") in " ".join(calibration_section(calibration, "test").split())
+
+
+def test_a_model_that_learnt_is_not_called_a_guess(trained):
+    assert "no better than guessing" not in (trained / "README.md").read_text()

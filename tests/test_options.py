@@ -1,4 +1,6 @@
-"""train_accelerate.py's options as parsed: names that must keep working."""
+"""train_accelerate.py's options as parsed: names that must keep working, and what a mistake is told."""
+import pytest
+
 from classifier.options import parse_args
 
 
@@ -8,3 +10,20 @@ def test_the_linear_schedule_keeps_its_old_name_onecycle():
     assert parse_args(["--dataset", "d", "--scheduler", "onecycle"]).scheduler == "linear"
     assert parse_args(["--dataset", "d"]).scheduler == "linear"
     assert parse_args(["--dataset", "d", "--scheduler", "cosine"]).scheduler == "cosine"
+
+
+def test_a_usage_error_is_one_line_that_names_the_option_meant(capsys):
+    for argv, said in (
+            (["--dataset", "d", "--pretrained-files", "w.safetensors"],
+             "error: unrecognized arguments: --pretrained-files w.safetensors; did you mean --pretrained-file? "
+             "(--help lists every option)"),
+            (["--dataset", "d", "--augmnt", "none", "--lrr=3"],
+             "error: unrecognized arguments: --augmnt none --lrr=3; did you mean --augment for --augmnt, --lr for "
+             "--lrr? (--help lists every option)"),
+            (["--dataset", "d", "--zzzz"], "error: unrecognized arguments: --zzzz (--help lists every option)"),
+            (["--dataset", "d", "--min-img-size", "64", "--img-size", "32"], "error: --min-img-size must be between 1 "
+             "and --img-size (32), got 64 (--help lists every option)")):
+        with pytest.raises(SystemExit) as exited:
+            parse_args(argv)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and err.splitlines() == [err.strip()] and err.strip().endswith(said), err

@@ -42,6 +42,9 @@ def test_pretrained_weights_get_the_fine_tuning_recipe_and_the_head_trains_alone
     assert "Recipe: fine-tuning, for weights file:resnet18-source.safetensors (--pretrained-file)" in shown
     # the card names the file as the published record shows a path: outside the working folder, by its name
     assert "starting from the weights file `.../resnet18-source.safetensors`" in (out / "README.md").read_text()
+    # and its config does not describe timm's ImageNet weights, which the run never saw
+    pretrained_cfg = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    assert not {"paper_ids", "origin_url", "license"} & set(pretrained_cfg) and pretrained_cfg["input_size"]
     # the fine-tuning values were applied where nothing was given, and what was given stayed
     applied = record(out)
     assert (applied["optimizer"], applied["lr"], applied["layer_decay"], applied["freeze_epochs"]) == (
