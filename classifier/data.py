@@ -59,9 +59,23 @@ def _split_of(name: str) -> str | None:
     return next((split for split, aliases in SPLIT_NAMES.items() if tokens & set(aliases)), None)
 
 
+def check_local_path(spec: str) -> None:
+    """A `spec` that names a local path which is not a folder fails here: a run checks it before anything else
+    (fetching weights, choosing a recipe), so that this error is the first thing it says."""
+    folder = Path(spec).expanduser()
+    if spec in PRESETS or folder.is_dir():
+        return
+    if folder.exists():
+        raise DataError(f"{spec!r} is a file; --dataset takes a folder, a preset or a Hub dataset id.")
+    if names_local_path(spec):
+        raise DataError(f"{spec}: no such folder (from {Path.cwd()}); --dataset takes a folder, a preset "
+                        f"({', '.join(PRESETS)}) or a Hub dataset id.")
+
+
 def load_dataset_dict(spec: str) -> datasets.DatasetDict:
     """`spec` is a preset name, a local folder or a Hub dataset id."""
     try:
+        check_local_path(spec)
         if spec in PRESETS:
             preset = PRESETS[spec]
             require_hub(spec, preset.path)
@@ -78,11 +92,6 @@ def load_dataset_dict(spec: str) -> datasets.DatasetDict:
                 files = {split: f"{name}/**" for split, name in split_dirs.items()}
                 return datasets.load_dataset("imagefolder", data_dir=str(folder), data_files=files)
             return datasets.load_dataset(str(folder))
-        if folder.exists():
-            raise DataError(f"{spec!r} is a file; --dataset takes a folder, a preset or a Hub dataset id.")
-        if names_local_path(spec):
-            raise DataError(f"{spec}: no such folder (from {Path.cwd()}); --dataset takes a folder, a preset "
-                            f"({', '.join(PRESETS)}) or a Hub dataset id.")
         require_hub(spec, spec)
         return datasets.load_dataset(spec)
     except DataError:

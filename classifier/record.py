@@ -42,8 +42,9 @@ class RunRecord:
     def describe(self) -> str:
         processes = "1 process" if self.num_processes == 1 else f"{self.num_processes} processes"
         machines = f" on {self.num_machines} machines" if self.num_machines > 1 else ""
-        return (f"{processes}{machines} (accelerate {self.distributed_type}), mixed precision {self.mixed_precision}, "
-                f"{self.hardware}")
+        # accelerate's distributed type says nothing of one process ("NO")
+        kind = f" (accelerate {self.distributed_type})" if self.distributed_type != "NO" else ""
+        return f"{processes}{machines}{kind}, mixed precision {self.mixed_precision}, {self.hardware}"
 
     def published(self) -> dict:
         """training_args.json: every option; `resolved`, what the run decided; the machine and its processes."""

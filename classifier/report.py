@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and Spaces
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 
@@ -34,6 +35,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no "1.2" of a 2-epoch run
     save_figure(fig, path)
 
 
@@ -49,11 +51,12 @@ def plot_confusion(matrix: list[list[int]], label_names: list[str], path: Path, 
     ax.set_yticks(range(k), label_names)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     if k <= 20:
+        unit = "%" if k <= 12 else ""  # percentages, not counts; past 12 classes the sign no longer fits a cell
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, f"{100 * rates[i, j]:.0f}{unit}", ha="center", va="center", fontsize=8,
                         color="white" if rates[i, j] > 0.5 else "black")
-    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class", format=PercentFormatter(1.0))
     save_figure(fig, path)
 
 

@@ -29,8 +29,8 @@ from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 
 from .checkpoint import checkpoint_dir, find_checkpoint, load_checkpoint, save_checkpoint
-from .data import (DataError, Splits, StreamedSplit, TensorSplit, decode_split, load_splits, local_copy_note,
-                   memory_budget, streams, typical_size)
+from .data import (DataError, Splits, StreamedSplit, TensorSplit, check_local_path, decode_split, load_splits,
+                   local_copy_note, memory_budget, streams, typical_size)
 from .distributed import (RUN_ENDING, end_run, from_every_process, local_process_count, process_group_kwargs,
                           seed_processes, together)
 from .calibration import calibrate, temperature_note
@@ -224,6 +224,7 @@ def setup(options: Options) -> tuple[Accelerator, RunRecord, RunData, Training]:
     """Everything before the first step, in the order it is decided: the accelerator, the starting weights and
     the recipe they call for, per-process seeds, the data, the model and the plan of steps, the lr the global
     batch calls for, the optimizer. -> (accelerator, the run's record, data, training)"""
+    check_local_path(options.dataset)  # a mistyped folder is the first thing said, before weights are fetched
     accelerator, precision_from = create_accelerator(options)
     backends = configure_backends(accelerator.device.type, options.deterministic)
     if options.push_to_hub:  # a token or repo that cannot be written to is found now, not after hours of training

@@ -41,9 +41,11 @@ def test_a_dataset_path_that_does_not_exist_is_named_as_a_missing_folder(tmp_pat
     for missing in (tmp_path / "nowhere", "../nowhere/cifar10", "tests/nowhere"):
         with pytest.raises(SystemExit) as exited:
             train("--dataset", missing, "--output-dir", tmp_path / "out")
-        stderr = capsys.readouterr().err
-        assert exited.value.code == 2 and "Traceback" not in stderr
-        assert f"error: {missing}: no such folder" in stderr and "Hub (" not in stderr
+        shown = capsys.readouterr()
+        assert exited.value.code == 2 and "Traceback" not in shown.err
+        assert f"error: {missing}: no such folder" in shown.err and "Hub (" not in shown.err
+        # the first thing said: no weights fetched (resnet18's, from the Hub) and no recipe chosen before it
+        assert "Pretrained weights" not in shown.err and shown.out == "", shown
 
 
 @pytest.mark.slow

@@ -71,3 +71,8 @@ def test_a_temperature_fitted_to_answers_that_carry_nothing_is_called_so():
 
 def test_a_model_that_learnt_is_not_called_a_guess(trained):
     assert "no better than guessing" not in (trained / "README.md").read_text()
+
+
+def test_the_card_says_how_it_was_trained(trained):
+    card = " ".join((trained / "README.md").read_text().split())
+    assert "Trained on 1 process, mixed precision no, cpu: " in card  # (one process has no accelerate type)
