@@ -506,6 +506,9 @@ def configure_logging() -> None:
     ours.setLevel(logging.INFO)
     for noisy in ("timm", "httpx", "huggingface_hub", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # datasets reads a local folder's README.md as a dataset card; one without a metadata block is no fault here
+    logging.getLogger("huggingface_hub.repocard").addFilter(
+        lambda record: "Repo card metadata block was not found" not in record.getMessage())
 
 
 def main(argv=None, options: Options | None = None) -> None:
