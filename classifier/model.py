@@ -95,7 +95,7 @@ def resolve_weights(name: str, pretrained: bool | None = None, pretrained_file: 
 
 def create_model(name: str, num_classes: int, weights: StartingWeights, **model_args) -> torch.nn.Module:
     """Build `name` with a fresh `num_classes` head on the given starting weights (timm drops their classifier
-    when the class count differs)."""
+    whenever `num_classes` is not its config's, 1000 for ImageNet weights: a file's head of as many classes too)."""
     if not weights.pretrained:
         return without_source(timm.create_model(name, pretrained=False, num_classes=num_classes, **model_args))
     try:

@@ -149,3 +149,17 @@ def test_what_a_run_publishes_names_no_local_path(trained, tmp_path):
         assert "/tmp/" not in text and str(Path.home()) not in text
     assert f"--output-dir .../{trained.name}" in args["command"]
     assert "--dataset .../" in args["command"]
+
+
+def test_a_weights_file_gives_its_backbone_and_never_its_head(tmp_path):
+    """Even a file whose head has the run's class count: timm compares the count with its config's (1000), not the
+    file's, and starts a fresh head (docs/TRAINING.md says so)."""
+    from classifier.model import StartingWeights, create_model
+
+    source = timm.create_model(TEST_MODEL[1], num_classes=4).state_dict()
+    path = tmp_path / "four-classes.safetensors"
+    save_file(source, path)
+    model = create_model(TEST_MODEL[1], 4, StartingWeights("file", file=str(path)))
+    state = model.state_dict()
+    assert all(torch.equal(state[key], value) for key, value in source.items() if not key.startswith("fc."))
+    assert not torch.equal(state["fc.weight"], source["fc.weight"])
