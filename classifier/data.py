@@ -149,6 +149,41 @@ def _first_split(dataset: datasets.DatasetDict, role: str) -> str | None:
     return next((name for name in dataset if _split_of(name) == role or name == role), None)
 
 
+@dataclass
+class Labelled:
+    """A dataset's splits by name, each with class labels in `label_column` (checked: every label names a class)."""
+    splits: datasets.DatasetDict
+    image_column: str
+    label_column: str
+    label_names: list[str]
+
+    def find(self, role: str) -> str | None:
+        """The name of the split that plays `role` (train, validation, test: "seg_test" plays test), if any."""
+        return _first_split(self.splits, role)
+
+
+def load_labelled(spec: str, image_column: str | None = None, label_column: str | None = None) -> Labelled:
+    """`spec` loaded (a preset, a local folder or a Hub dataset id), its columns found and its labels checked."""
+    dataset = load_dataset_dict(spec)
+    if isinstance(dataset, datasets.Dataset):
+        dataset = datasets.DatasetDict(train=dataset)
+    reference = _first_split(dataset, "train") or next(iter(dataset))  # the splits share their features
+    features = dataset[reference].features
+    image_column = _find_column(features, datasets.Image, image_column, "image", "--image-column")
+    label_column = _find_column(features, datasets.ClassLabel, label_column, "label", "--label-column")
+    dataset = _with_class_labels(dataset, label_column)
+    label_names = list(dataset[reference].features[label_column].names)
+
+    for name, split in dataset.items():
+        labels = np.asarray(split.with_format("numpy")[label_column]) if len(split) else np.zeros(0)
+        bad = np.flatnonzero((labels < 0) | (labels >= len(label_names)))
+        if len(bad):
+            rows = ", ".join(f"row {r} has label {labels[r]}" for r in bad[:5])
+            raise DataError(f"Split {name!r}: {len(bad)} label(s) outside 0..{len(label_names) - 1} (-1 marks a "
+                            f"missing label): {rows}{' ...' if len(bad) > 5 else ''}.")
+    return Labelled(dataset, image_column, label_column, label_names)
+
+
 def load_splits(
     spec: str,
     image_column: str | None = None,
@@ -158,25 +193,13 @@ def load_splits(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
 ) -> Splits:
-    dataset = load_dataset_dict(spec)
-    if isinstance(dataset, datasets.Dataset):
-        dataset = datasets.DatasetDict(train=dataset)
-    train_name = _first_split(dataset, "train") or (next(iter(dataset)) if len(dataset) == 1 else None)
+    """The training, validation (carved from training when the dataset has none) and test (if any) splits."""
+    labelled = load_labelled(spec, image_column, label_column)
+    dataset, image_column, label_column = labelled.splits, labelled.image_column, labelled.label_column
+    label_names = labelled.label_names
+    train_name = labelled.find("train") or (next(iter(dataset)) if len(dataset) == 1 else None)
     if train_name is None:
         raise DataError(f"No training split in {spec!r}; splits are {list(dataset)}.")
-    features = dataset[train_name].features
-    image_column = _find_column(features, datasets.Image, image_column, "image", "--image-column")
-    label_column = _find_column(features, datasets.ClassLabel, label_column, "label", "--label-column")
-    dataset = _with_class_labels(dataset, label_column)
-    label_names = list(dataset[train_name].features[label_column].names)
-
-    for name, split in dataset.items():
-        labels = np.asarray(split.with_format("numpy")[label_column]) if len(split) else np.zeros(0)
-        bad = np.flatnonzero((labels < 0) | (labels >= len(label_names)))
-        if len(bad):
-            rows = ", ".join(f"row {r} has label {labels[r]}" for r in bad[:5])
-            raise DataError(f"Split {name!r}: {len(bad)} label(s) outside 0..{len(label_names) - 1} (-1 marks a "
-                            f"missing label): {rows}{' ...' if len(bad) > 5 else ''}.")
 
     train = dataset[train_name]
     if len(train) == 0:

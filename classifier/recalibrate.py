@@ -16,12 +16,9 @@ import re
 import sys
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator
-
 from .calibration import calibrate, plot_reliability
-from .data import DataError, decode_split, load_splits
-from .engine import collect_view_logits, eval_loader
+from .data import DataError, load_splits
+from .evaluate import Evaluator
 from .model import CONFIG_NAME, ModelSourceError, calibration_keys, load_folder
 from .report import CALIBRATION_NAME, calibration_section
 
@@ -36,28 +33,19 @@ def held_out_logits(folder: Path, dataset: str | None = None, batch_size: int = 
     if dataset.startswith(".../"):
         raise DataError(f"{folder}'s training_args.json names its dataset only as {dataset} (local paths outside the "
                         "run's folder are not published); pass --dataset.")
-    loaded = load_folder(folder)
     splits = load_splits(dataset, args.get("image_column"), args.get("label_column"),
                          args.get("val_fraction", 0.1), args.get("seed", 0), args.get("max_train_samples"),
                          args.get("max_eval_samples"))
-    config = loaded.data_config
-    decode = dict(image_column=splits.image_column, label_column=splits.label_column,
-                  num_classes=len(splits.label_names), size=config["input_size"][-1],
-                  interpolation=config["interpolation"], crop_pct=config["crop_pct"], use_cache=not max_samples)
-    accelerator = Accelerator(mixed_precision="no", cpu=not torch.cuda.is_available())
-    model = accelerator.prepare(loaded.model.to(memory_format=torch.channels_last))
-    mean, std = (torch.tensor(config[k], device=accelerator.device) for k in ("mean", "std"))
+    evaluator = Evaluator(load_folder(folder), batch_size)
 
-    def logits(split, desc):
-        if max_samples:
-            split = split.select(range(min(max_samples, len(split))))
-        loader = accelerator.prepare(eval_loader(decode_split(split, desc=desc, **decode), batch_size))
-        return collect_view_logits(model, loader, accelerator, mean, std, loaded.tta)
+    def logits(split, name):
+        return evaluator.logits(split, splits.image_column, splits.label_column, len(splits.label_names), name,
+                                max_samples)
 
-    val_logits, val_labels = logits(splits.validation, "decode validation")
+    val_logits, val_labels = logits(splits.validation, "validation")
     if splits.test is None:
         return val_logits, val_labels, "validation", val_logits, val_labels
-    return (val_logits, val_labels, "test", *logits(splits.test, "decode test"))
+    return (val_logits, val_labels, "test", *logits(splits.test, "test"))
 
 
 def recalibrate(folder: Path, dataset: str | None = None, batch_size: int = 256) -> dict:

@@ -40,6 +40,7 @@ from .export import check_output_dir, write_model_folder
 from .hardware import (configure_backends, describe_hardware, guard_bf16_cpu_convolutions, resolve_compile,
                        resolve_precision)
 from .hub import check_push_access
+from .logs import configure_logging
 from .model import StartingWeights, create_model, resolve_weights
 from .options import Options, apply_recipe, parse_args, scaled_lr
 from .presets import recipe_for
@@ -493,22 +494,6 @@ def one_line(error: Exception, output_dir: str) -> str:
     if isinstance(error, OSError):  # disk full, permissions... while writing: the model folder was not replaced
         return f"writing the output failed ({error}); {output_dir} holds no new model."
     return str(error)
-
-
-def configure_logging() -> None:
-    """Our messages through a handler on the `classifier` logger only. huggingface_hub and datasets print their
-    warnings through handlers of their own; a handler on the root logger as well printed each of them twice."""
-    ours = logging.getLogger("classifier")
-    if not ours.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        ours.addHandler(handler)
-    ours.setLevel(logging.INFO)
-    for noisy in ("timm", "httpx", "huggingface_hub", "datasets"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # datasets reads a local folder's README.md as a dataset card; one without a metadata block is no fault here
-    logging.getLogger("huggingface_hub.repocard").addFilter(
-        lambda record: "Repo card metadata block was not found" not in record.getMessage())
 
 
 def main(argv=None, options: Options | None = None) -> None:

@@ -52,7 +52,7 @@ def test_a_dataset_path_that_does_not_exist_is_named_as_a_missing_folder(tmp_pat
 def test_library_warnings_are_printed_once():
     """huggingface_hub prints through a handler of its own; training's logging set-up must not add a second, and drops
     the one warning that only puzzles (a local folder's README without a dataset card's metadata)."""
-    code = ("import logging\nfrom classifier.train import configure_logging\nconfigure_logging()\n"
+    code = ("import logging\nfrom classifier.logs import configure_logging\nconfigure_logging()\n"
             "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s [Retry 1/5].')\n"
             "logging.getLogger('classifier.model').warning('ours')\n"
             # what datasets does with a local folder's README.md that has no metadata block
