@@ -26,7 +26,7 @@ from .flagging import FlagStore, TooManyFlags
 from .images import BadImageError, open_rgb, pixels_to_decode
 from .monitor import RequestMonitor
 from .predict import Predictor, Sample
-from .report import CALIBRATION_NAME, CONFUSION_NAME, CURVES_NAME, METRIC_ROWS
+from .report import CALIBRATION_NAME, CONFUSION_NAME, CURVES_NAME, METRIC_ROWS, no_better_than_guessing
 from .security import Limits, TempFolder, UploadError, csv_cell, public_name, uploaded_file
 
 ALL_CLASSES = "all classes"
@@ -403,8 +403,8 @@ class App:
 
     # -- about and monitoring
     def model_info(self, model: str | None = None) -> dict:
-        """A served model's card as data: its classes, input size, metrics on its final split, calibration, and the
-        command that trained it.
+        """A served model's card as data: its classes, input size, metrics on its final split, calibration, the
+        command that trained it, and a warning where it is no better than guessing.
 
         Args:
             model: which served model (default: the first one).
@@ -427,6 +427,9 @@ class App:
             "dataset": public_name(p.training_args.get("dataset")),
             # scratch, file:<name> or hf-hub:<repo>@<revision> (fine-tuned from the Hub's weights)
             "starting_weights": p.training_args.get("weights_source"),
+            # a model no better than answering its commonest class: visitors should know before they trust it
+            "warning": (no_better_than_guessing(final, p.metrics.get("final_split", "test"))
+                        if "per_class" in final else "") or None,
         }
 
     def stats(self) -> dict:

@@ -200,6 +200,7 @@ def about(app: App, model: str | None = None) -> str:
     size = info["input_size"]
     start = {None: "", "scratch": " · trained from scratch"}.get(info["starting_weights"],
                                                                  f" · started from `{info['starting_weights']}`")
-    return (f"### {info['name']}\n`{info['architecture']}` · input {size}×{size} px{flip} · "
+    warning = f"⚠️ **{info['warning']}**\n\n" if info["warning"] else ""
+    return (f"### {info['name']}\n{warning}`{info['architecture']}` · input {size}×{size} px{flip} · "
             f"{len(info['label_names'])} classes: {', '.join(info['label_names'])}{start}\n\n{metrics}\n\n"
             f"**Training command**\n{command}")

@@ -143,6 +143,7 @@ def test_model_info_and_stats(client, corpus):
     info = client.predict(api_name="/model_info")
     assert info["label_names"] == CLASSES and info["input_size"] == 32 and info["test_time_augmentation"] == "flip"
     assert 0 <= info["metrics"]["accuracy"] <= 1 and "train_accelerate.py" in info["training_command"]
+    assert info["warning"] is None  # it learnt: no "no better than guessing"
 
     def counts(stats):
         endpoints = stats["endpoints"]

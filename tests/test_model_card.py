@@ -51,6 +51,15 @@ def test_a_model_that_learnt_nothing_usable_is_called_so_in_the_log_and_on_its_c
             "answering the commonest class (25.00 %).")
     assert said in caplog.text
     assert f"**{said}" in " ".join((out / "README.md").read_text().split())
+    # and the app serving it says so on About, and in /model_info's data
+    from classifier import views
+    from classifier.monitor import RequestMonitor
+    from classifier.predict import load_predictors
+    from classifier.service import App
+
+    app = App(load_predictors(str(out), precision="fp32")[0], RequestMonitor())
+    assert app.model_info()["warning"].startswith(said)
+    assert f"⚠️ **{said}" in " ".join(views.about(app).split())
 
 
 def test_a_temperature_fitted_to_answers_that_carry_nothing_is_called_so():
