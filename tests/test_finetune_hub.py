@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -193,6 +194,17 @@ def test_the_pushed_run_deploys_a_space_that_serves_it_from_its_own_files(hub_wi
     served = {c["label"]: c["confidence"] for c in label["confidences"]}
     assert label["label"] == max(expected, key=expected.get)
     assert served == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_pushed_model_is_evaluated_from_the_hub_as_its_run_scored_it(finetuned, parquet_repo):
+    env, out, _ = finetuned
+    result = python(env, "-m", "classifier.evaluate", PUSHED, "--dataset", parquet_repo, "--eval-batch-size", "64")
+    assert result.returncode == 0, result.stderr[-3000:]
+    recorded = json.loads((out / "metrics.json").read_text())["final"]
+    measured = re.match(r"test, (\d+) images: Accuracy ([0-9.]+), ", result.stdout)
+    assert measured and int(measured[1]) == recorded["num_samples"], result.stdout
+    # the run evaluated under its bf16 autocast, this in float32: one image of 60 may fall the other way
+    assert float(measured[2]) == pytest.approx(recorded["accuracy"], abs=1 / recorded["num_samples"] + 1e-4)
 
 
 def test_two_processes_fetch_the_weights_once_and_both_start_from_them(hub_with_resnet18, parquet_repo, tmp_path):
