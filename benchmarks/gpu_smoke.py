@@ -145,7 +145,8 @@ def main(argv=None) -> int:
     unknown = [name for name in args.configs.split(",") if name not in CONFIGS]
     if unknown:
         parser.error(f"unknown config(s) {unknown}; known: {', '.join(CONFIGS)}")
-    train_args = parse_args(["--dataset", args.dataset])  # the optimizer the loop uses, for the bound
+    # the model and optimizer the loop uses (--train-args' too: --model changes both), for the bound
+    train_args = parse_args(["--dataset", args.dataset, *args.train_args.split()])
     results = [run_one(args, name, n, train_args) for n in processes for name in args.configs.split(",")]
     print_table(results, args)
     return 1 if any(r.problems for r in results) else 0

@@ -51,7 +51,8 @@ def autocast(precision: str):
 
 
 def new_model(train_args, num_classes: int, device: torch.device, compile_model: bool):
-    model = create_model("resnet18", num_classes, StartingWeights("scratch")).to(device, memory_format=torch.channels_last)
+    model = create_model(train_args.model, num_classes, StartingWeights("scratch")).to(
+        device, memory_format=torch.channels_last)
     # the optimizer our loop uses for this dataset (its preset's), so every row does the same work per step
     optimizer = build_optimizer(train_args, model, device)
     return (torch.compile(model) if compile_model else model), optimizer

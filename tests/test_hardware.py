@@ -18,7 +18,7 @@ from classifier import hardware
 from classifier.hardware import (auto_precision, configure_backends, launcher_words, resolve_precision,
                                  resolve_compile)
 
-from .helpers import reset_accelerate_state
+from .helpers import TEST_MODEL, reset_accelerate_state
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
@@ -199,7 +199,7 @@ def test_gpu_smoke_check_tabulates_runs_and_fails_on_a_failed_run(parquet_repo):
     # 2 processes through `accelerate launch --multi_gpu --num_processes 2` on one machine (ACCELERATE_USE_CPU=1):
     # the smoke check's own record check fails a run whose training_args.json does not say 2 processes. (The one
     # process command is the failed run's below: each launch costs its processes' imports.)
-    result = gpu_smoke(parquet_repo, "--configs", "bf16", "--processes", "2")
+    result = gpu_smoke(parquet_repo, "--configs", "bf16", "--processes", "2", "--train-args", " ".join(TEST_MODEL))
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     row = next(line for line in result.stdout.splitlines() if line.startswith("| bf16 | 2 |"))
     loop, bound, ratio, memory, loss, status = [c.strip() for c in row.strip("|").split("|")][2:]
