@@ -76,6 +76,14 @@ def evaluate(source: str, dataset: str, split: str = "test", revision: str | Non
     logits, labels = Evaluator(loaded, batch_size).logits(split_data, data.image_column, data.label_column,
                                                           len(data.label_names), name, max_samples)
     metrics, _ = split_metrics(logits, to_model[labels], len(loaded.label_names), loaded.tta)
+    per_class = metrics["per_class"]
+    present = [i for i, images in enumerate(per_class["support"]) if images]
+    if len(present) < len(loaded.label_names):
+        # macro averages over the classes the data has: a class without images has no precision or recall to
+        # count as 0 (a prediction of it is still a mistake, in the recall of the image's own class)
+        for key in ("precision", "recall", "f1"):
+            metrics[key] = sum(per_class[key][i] for i in present) / len(present)
+        metrics["macro_over"] = [loaded.label_names[i] for i in present]
     return dict(metrics, label_names=loaded.label_names, split=name)
 
 
@@ -88,6 +96,8 @@ def summary(metrics: dict) -> str:
             f"f1 {per_class['f1'][i]:.3f}  images {per_class['support'][i]}"
             for i, name in enumerate(metrics["label_names"]) if per_class["support"][i]]
     guessing = no_better_than_guessing(metrics, metrics["split"])
+    if "macro_over" in metrics:
+        headline += f" (macro over the {len(metrics['macro_over'])} classes the data has)"
     return "\n".join([f"{metrics['split']}, {metrics['num_samples']} images: {headline}", *rows,
                       *([f"warning: {guessing}"] if guessing else [])])
 
@@ -119,7 +129,7 @@ def main(argv=None) -> int:
         record = dict(metrics, model=args.model, dataset=args.dataset)
         (args.output_dir / "metrics.json").write_text(json.dumps(record, indent=2))
         plot_confusion(metrics["confusion_matrix"], metrics["label_names"], args.output_dir / CONFUSION_NAME,
-                       f"{Path(args.model).name} on {Path(args.dataset.rstrip('/')).name} ({args.split})")
+                       f"{Path(args.model).name} on {Path(args.dataset.rstrip('/')).name} ({metrics['split']})")
         print(f"Wrote {args.output_dir / 'metrics.json'} and {args.output_dir / CONFUSION_NAME}")
     return 0
 

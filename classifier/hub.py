@@ -59,10 +59,12 @@ def _explain(e: Exception, what: str) -> HubError:
     """`what` failed, in plain words, by what the Hub answered: huggingface_hub raises RepositoryNotFoundError only
     when the Hub said so (X-Error-Code RepoNotFound); any other 404 (no such revision or file, a route this Hub
     does not have) is not "no such repo", and the server's own message says more than its status."""
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, RemoteEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalTokenNotFoundError,
+                                        RemoteEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
 
-    if isinstance(e, GatedRepoError):  # a subclass of RepositoryNotFoundError: first
+    if isinstance(e, LocalTokenNotFoundError):  # an OSError: before the network's
+        reason = "no token (set HF_TOKEN or run `hf auth login`)"
+    elif isinstance(e, GatedRepoError):  # a subclass of RepositoryNotFoundError: first
         reason = "the repo is gated: accept its conditions on its page, with the account of the token"
     elif isinstance(e, RepositoryNotFoundError):  # the Hub answers the same for a repo the token may not see
         reason = "no such repo, or the token may not see it"

@@ -2,6 +2,7 @@
 format, and loading such a folder back from disk or the Hub."""
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -48,6 +49,16 @@ class StartingWeights:
         if self.kind == "file":
             return f"file:{Path(self.file).name}"  # the name only: a local path means nothing elsewhere
         return "scratch"
+
+
+def check_model_name(name: str) -> None:
+    """A timm architecture name (or hf-hub:owner/name) that timm knows; else the error names the closest ones."""
+    if name.startswith("hf-hub:") or timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    raise ModelSourceError(f"--model {name!r} is not a timm model" +
+                           (f"; did you mean {', '.join(close)}?" if close else
+                            " (timm.list_models() lists them; hf-hub:<owner>/<name> names a Hub repo)."))
 
 
 def resolve_weights(name: str, pretrained: bool | None = None, pretrained_file: str | None = None,
@@ -135,6 +146,9 @@ def export(model: torch.nn.Module, folder: str | Path, label_names: list[str], d
         model_config["pretrained_cfg"] = {"tag": tag}
     save_for_hf(model, str(folder), model_config=model_config, model_args=model_args or None,
                 data_config=data_cfg, safe_serialization=True)
+    # safetensors writes its file readable by its owner alone (0600); the weights are read as the card and config
+    # are, by a server or container running as another user
+    shutil.copymode(Path(folder) / CONFIG_NAME, Path(folder) / WEIGHTS_NAME)
 
 
 def calibration_keys(calibration: dict | None) -> dict:

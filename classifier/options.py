@@ -253,6 +253,11 @@ def parse_args(argv=None) -> Options:
     for key, value in recipe_for(args.dataset).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    for name in ("epochs", "batch_size", "eval_batch_size", "img_size", "max_train_samples", "max_eval_samples"):
+        if (value := getattr(args, name)) is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be 1 or more, got {value}")
+    if args.lr < 0:  # (nan passes: a run told --lr nan ends as a diverging run does, which its tests use)
+        parser.error(f"--lr must be 0 or more, got {args.lr:g}")
     if not 0 <= args.random_erase <= 1:
         parser.error(f"--random-erase is a probability, got {args.random_erase}")
     if args.random_erase and args.augment == "none":
@@ -283,8 +288,11 @@ def parse_args(argv=None) -> Options:
     args.run_name = args.run_name or f"{args.model}-{Path(args.output_dir).name}"
     from .hardware import run_command  # torch: only once the options are known to be good
 
-    # the line that repeats this run, launcher included, for the record and the model card
-    args.command = run_command(sys.argv[1:] if argv is None else [str(a) for a in argv])
+    # the line that repeats this run, launcher included, for the record and the model card: without --resume, which
+    # only says where an interrupted run went on from (a fresh folder has nothing to resume)
+    given = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args.command = run_command([a for i, a in enumerate(given) if not (
+        a == "--resume" or a.startswith("--resume=") or (i and given[i - 1] == "--resume"))])
     return Options(**vars(args))
 
 

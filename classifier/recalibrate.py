@@ -19,6 +19,7 @@ from pathlib import Path
 from .calibration import calibrate, plot_reliability
 from .data import DataError, load_splits
 from .evaluate import Evaluator
+from .logs import configure_logging
 from .model import CONFIG_NAME, ModelSourceError, calibration_keys, load_folder
 from .report import CALIBRATION_NAME, calibration_section
 
@@ -36,7 +37,11 @@ def held_out_logits(folder: Path, dataset: str | None = None, batch_size: int = 
     splits = load_splits(dataset, args.get("image_column"), args.get("label_column"),
                          args.get("val_fraction", 0.1), args.get("seed", 0), args.get("max_train_samples"),
                          args.get("max_eval_samples"))
-    evaluator = Evaluator(load_folder(folder), batch_size)
+    loaded = load_folder(folder)
+    if splits.label_names != loaded.label_names:  # the temperature is fitted on the model's own validation split
+        raise DataError(f"{dataset!r} has the classes {', '.join(splits.label_names)}; {folder} was trained on "
+                        f"{', '.join(loaded.label_names)}. Recalibrate on the dataset it was trained on.")
+    evaluator = Evaluator(loaded, batch_size)
 
     def logits(split, name):
         return evaluator.logits(split, splits.image_column, splits.label_column, len(splits.label_names), name,
@@ -90,6 +95,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", help="the dataset it was trained on (default: its training_args.json's)")
     parser.add_argument("--eval-batch-size", type=int, default=256)
     args = parser.parse_args(argv)
+    configure_logging()
     try:
         record = recalibrate(args.folder, args.dataset, args.eval_batch_size)
     except (DataError, ModelSourceError, FileNotFoundError) as e:

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -41,7 +42,7 @@ from .hardware import (configure_backends, describe_hardware, guard_bf16_cpu_con
                        resolve_precision)
 from .hub import check_push_access
 from .logs import configure_logging
-from .model import StartingWeights, create_model, resolve_weights
+from .model import StartingWeights, check_model_name, create_model, resolve_weights
 from .options import Options, apply_recipe, parse_args, scaled_lr
 from .presets import recipe_for
 from .record import RunRecord
@@ -225,7 +226,9 @@ def setup(options: Options) -> tuple[Accelerator, RunRecord, RunData, Training]:
     """Everything before the first step, in the order it is decided: the accelerator, the starting weights and
     the recipe they call for, per-process seeds, the data, the model and the plan of steps, the lr the global
     batch calls for, the optimizer. -> (accelerator, the run's record, data, training)"""
-    check_local_path(options.dataset)  # a mistyped folder is the first thing said, before weights are fetched
+    # mistakes in the command line are the first thing said, before weights are fetched or data loaded
+    check_local_path(options.dataset)
+    check_model_name(options.model)
     accelerator, precision_from = create_accelerator(options)
     backends = configure_backends(accelerator.device.type, options.deterministic)
     if options.push_to_hub:  # a token or repo that cannot be written to is found now, not after hours of training
@@ -505,6 +508,14 @@ def main(argv=None, options: Options | None = None) -> None:
         run(options)
     except RUN_ENDING as e:
         end_run(one_line(e, options.output_dir))
+    except KeyboardInterrupt:  # Ctrl-C: what to do next, not a traceback
+        saved = checkpoint_dir(options.output_dir)
+        then = (f"--resume latest continues from the newest checkpoint in {saved}." if saved.is_dir() and
+                any(p.name.startswith("step_") for p in saved.iterdir()) else
+                "No checkpoint had been saved (--checkpoint-every saves them).")
+        if os.environ.get("RANK", "0") == "0":  # the main process of a launch speaks for all
+            print(f"Interrupted. {then}", file=sys.stderr, flush=True)
+        sys.exit(130)
     except RuntimeError as e:
         if "timed out" not in str(e).lower():  # gloo's words for a collective that ran out of time; else a bug
             raise

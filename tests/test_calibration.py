@@ -218,3 +218,19 @@ def test_recalibrating_a_folder_reproduces_the_runs_own_fit(trained, parquet_rep
     assert main([str(plain), "--dataset", str(parquet_repo)]) == 0  # again: one section, one temperature in the snippet
     card = (plain / "README.md").read_text()
     assert card.count("## Calibration") == 1 and card.count("the calibration temperature") == 1
+
+
+def test_recalibrating_on_a_dataset_of_other_classes_is_refused(trained, tmp_path):
+    """A temperature fitted on another dataset's images would be written into the model's config and card."""
+    import random
+
+    from classifier.recalibrate import main
+
+    plain = without_calibration(trained, tmp_path / "plain")
+    before = (plain / "config.json").read_text()
+    for split in ("train", "val"):
+        for label in ("cat", "dog"):
+            (tmp_path / "other" / split / label).mkdir(parents=True)
+            shape_image("red", random.Random(len(label)), 32).save(tmp_path / "other" / split / label / "0.png")
+    assert main([str(plain), "--dataset", str(tmp_path / "other")]) == 2
+    assert (plain / "config.json").read_text() == before

@@ -58,6 +58,23 @@ def test_kill_9_mid_epoch_then_resume_latest_is_bit_identical(checkpointed_run, 
 
 
 @pytest.mark.slow
+def test_ctrl_c_says_how_to_resume_without_a_traceback(checkpointed_run, tmp_path):
+    args, _ = checkpointed_run
+    out = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "train_accelerate.py", *map(str, args), "--output-dir", str(out)],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "step_00000002").exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.rstrip().splitlines()[-1] == (f"Interrupted. --resume latest continues from the newest checkpoint "
+                                                f"in {out / 'checkpoints'}.")
+
+
+@pytest.mark.slow
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(parquet_repo, tmp_path):
     out = tmp_path / "model"
     args = ["--dataset", parquet_repo, "--output-dir", out, "--checkpoint-every", "2", *FAST]

@@ -174,7 +174,7 @@ def test_dataset_repo_on_the_hub_trains_and_streams(hub, tmp_path):
     assert stream.returncode == 0 and "['fine_label', 'img']" in stream.stdout, stream.stderr[-3000:]
 
 
-def test_push_with_a_bad_token_or_no_server(hub, trained, tmp_path):
+def test_push_with_a_bad_token_no_token_or_no_server(hub, trained, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in trained.iterdir()}
     bad_token = "hf_wrongwrongwrong1234"
     rejected = python(hub_env(hub, tmp_path / "home", token=bad_token), "-m", "classifier.hub", "push", trained,
@@ -187,6 +187,11 @@ def test_push_with_a_bad_token_or_no_server(hub, trained, tmp_path):
     down = python(env, "-m", "classifier.hub", "push", trained, "tester/blobs")
     assert down.returncode == 3 and "cannot reach the Hub" in down.stderr
     assert hub.token not in down.stdout + down.stderr
+    no_token = hub_env(hub, tmp_path / "home-without-token")
+    del no_token["HF_TOKEN"]
+    missing = python(no_token, "-m", "classifier.hub", "push", trained, "tester/blobs")
+    assert missing.returncode == 3 and "no token (set HF_TOKEN or run `hf auth login`)" in missing.stderr, \
+        missing.stderr[-2000:]
     assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
 
 

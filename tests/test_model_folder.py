@@ -63,3 +63,11 @@ def test_unknown_test_time_augmentation(copy):
 def test_a_path_that_is_not_a_model_folder(tmp_path):
     with pytest.raises(ModelSourceError, match="not a model folder|config.json is missing"):
         load(str(tmp_path))
+
+
+def test_the_weights_are_as_readable_as_the_rest_of_the_folder(trained):
+    """safetensors writes 0600; a server running as another user must read the weights as it reads config.json."""
+    import stat
+
+    mode = {name: stat.S_IMODE((trained / name).stat().st_mode) for name in ("model.safetensors", "config.json")}
+    assert mode["model.safetensors"] == mode["config.json"], mode

@@ -27,3 +27,10 @@ def test_a_usage_error_is_one_line_that_names_the_option_meant(capsys):
             parse_args(argv)
         err = capsys.readouterr().err
         assert exited.value.code == 2 and err.splitlines() == [err.strip()] and err.strip().endswith(said), err
+
+
+def test_the_command_that_repeats_a_resumed_run_does_not_resume():
+    for resume in (["--resume", "latest"], ["--resume=latest"]):
+        options = parse_args(["--dataset", "d", *resume, "--epochs", "3"])
+        assert options.resume == "latest"
+        assert options.command.endswith("train_accelerate.py --dataset d --epochs 3"), options.command
