@@ -48,6 +48,14 @@ def test_a_dataset_path_that_does_not_exist_is_named_as_a_missing_folder(tmp_pat
         assert "Pretrained weights" not in shown.err and shown.out == "", shown
 
 
+def test_a_model_name_timm_does_not_know_is_refused_with_the_closest_ones(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        train("--dataset", tmp_path, "--output-dir", tmp_path / "out", "--model", "resnet-18")
+    shown = capsys.readouterr()
+    assert exited.value.code == 2 and "Traceback" not in shown.err and shown.out == ""
+    assert "error: --model 'resnet-18' is not a timm model; did you mean resnet18, " in shown.err
+
+
 @pytest.mark.slow
 def test_library_warnings_are_printed_once():
     """huggingface_hub prints through a handler of its own; training's logging set-up must not add a second, and drops

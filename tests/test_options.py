@@ -34,3 +34,12 @@ def test_the_command_that_repeats_a_resumed_run_does_not_resume():
         options = parse_args(["--dataset", "d", *resume, "--epochs", "3"])
         assert options.resume == "latest"
         assert options.command.endswith("train_accelerate.py --dataset d --epochs 3"), options.command
+
+
+def test_sizes_and_counts_under_one_and_a_negative_lr_are_usage_errors(capsys):
+    for option, value in (("--epochs", "0"), ("--batch-size", "0"), ("--img-size", "-5"),
+                          ("--max-train-samples", "-3"), ("--max-eval-samples", "0"), ("--lr", "-1")):
+        with pytest.raises(SystemExit) as exited:
+            parse_args(["--dataset", "d", option, value])
+        said = "0 or more" if option == "--lr" else "1 or more"
+        assert exited.value.code == 2 and f"error: {option} must be {said}, got {value}" in capsys.readouterr().err
