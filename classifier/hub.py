@@ -202,7 +202,16 @@ def deploy_space(space_id: str, model_id: str, model_revision: str | None = None
     The steps run in order and nothing is undone when one fails, so its error names the step, what the earlier
     ones left on the Hub and what is not done. Every step is safe to repeat: running the command again finishes."""
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
+    # before the dry run's answer too: a Space can serve only a Hub model, never a folder of this machine
+    for what, repo_id in (("The Space id", space_id), ("--model", model_id), ("--flag-dataset", flag_dataset)):
+        try:
+            if repo_id is not None:
+                validate_repo_id(repo_id)
+        except HFValidationError:
+            raise HubError(f"{what} {repo_id!r} is not a Hub repo id (owner/name).") from None
     variables = {"MODEL_ID": model_id, **({"MODEL_REVISION": model_revision} if model_revision else {}),
                  **({"FLAG_DATASET": flag_dataset} if flag_dataset else {})}
     files = [str(p) for p in space_files()] + ["requirements.txt", "README.md"]

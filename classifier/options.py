@@ -71,14 +71,18 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser whose usage errors are one line: the error, the option meant where a mistyped one is close
     to one (--pretrained-files: did you mean --pretrained-file?), and where the rest are, not a 40-line usage."""
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
-        if message.startswith("unrecognized arguments: "):
-            options = [word.split("=")[0] for word in message.split(": ", 1)[1].split() if word.startswith("--")]
-            meant = {given: close[0] for given in options
-                     if (close := difflib.get_close_matches(given, self._option_string_actions, n=1))}
-            if meant:
-                message += "; did you mean " + (next(iter(meant.values())) if len(meant) == 1 else
-                                               ", ".join(f"{close} for {given}" for given, close in meant.items())) + "?"
+        # options given that are none of ours, not even a prefix of one (argparse takes those), and the closest
+        given = [word.split("=")[0] for word in getattr(self, "_given", []) if word.startswith("--")]
+        meant = {word: close[0] for word in given if not any(o.startswith(word) for o in self._option_string_actions)
+                 and (close := difflib.get_close_matches(word, self._option_string_actions, n=1))}
+        if meant:
+            message += "; did you mean " + (next(iter(meant.values())) if len(meant) == 1 else
+                                           ", ".join(f"{close} for {word}" for word, close in meant.items())) + "?"
         self.exit(2, f"{self.prog}: error: {message} (--help lists every option)\n")
 
 

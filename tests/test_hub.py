@@ -83,6 +83,8 @@ def test_deploy_space_creates_the_repo_and_sets_model_id(hub, trained, tmp_path)
                  "--dry-run")
     assert dry.returncode == 0 and "app.py" in dry.stdout and "variable MODEL_ID=tester/blobs" in dry.stdout
     assert "variable FLAG_DATASET=tester/demo-corrections" in dry.stdout
+    folder = python(env, "-m", "classifier.hub", "deploy-space", "tester/demo", "--model", trained, "--dry-run")
+    assert folder.returncode == 3 and f"error: --model '{trained}' is not a Hub repo id (owner/name)." in folder.stderr
     assert ("space", "tester/demo") not in hub.repos
     result = python(env, "-m", "classifier.hub", "deploy-space", "tester/demo", "--model", "tester/blobs",
                     "--model-revision", "main", *corrections)

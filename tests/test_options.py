@@ -21,6 +21,8 @@ def test_a_usage_error_is_one_line_that_names_the_option_meant(capsys):
              "error: unrecognized arguments: --augmnt none --lrr=3; did you mean --augment for --augmnt, --lr for "
              "--lrr? (--help lists every option)"),
             (["--dataset", "d", "--zzzz"], "error: unrecognized arguments: --zzzz (--help lists every option)"),
+            (["--datset", "d"], "error: the following arguments are required: --dataset; did you mean --dataset? "
+             "(--help lists every option)"),
             (["--dataset", "d", "--min-img-size", "64", "--img-size", "32"], "error: --min-img-size must be between 1 "
              "and --img-size (32), got 64 (--help lists every option)")):
         with pytest.raises(SystemExit) as exited:

@@ -153,6 +153,15 @@ def test_kaggle_layout_splits_and_class_names(kaggle_folder):
     assert sorted(set(splits.validation["label"])) == [0, 1, 2, 3]
 
 
+def test_a_folder_of_one_class_folder_is_told_it_needs_one_per_class(tmp_path):
+    (tmp_path / "photos" / "sea").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8), (0, 0, 200 + i)).save(tmp_path / "photos" / "sea" / f"{i}.png")
+    with pytest.raises(DataError, match=r"^No labels: the images are not in class folders, or all in one\. A folder "
+                                        r"of images needs a folder per class \(at least two\)"):
+        load_splits(str(tmp_path / "photos"))
+
+
 def test_column_overrides_and_validation_split_is_used(tmp_path):
     folder = write_parquet_repo(tmp_path, {"train": make_examples(10, 0), "validation": make_examples(3, 1)},
                                 image_column="picture", label_column="target")
