@@ -127,12 +127,11 @@ def _find_column(features: datasets.Features, kind: type, override: str | None, 
     matches = [name for name, feature in features.items() if isinstance(feature, kind)]
     if role == "label" and not matches:
         matches = [n for n in ("label", "labels", "class", "target") if n in features]
-    if role == "label" and not matches and all(isinstance(f, datasets.Image) for f in features.values()):
-        # what datasets' imagefolder gives for a folder of images with one class folder, or none
-        raise DataError("No labels: the images are not in class folders, or all in one. A folder of images needs a "
-                        "folder per class (at least two): photos/cat/1.jpg, photos/dog/2.jpg...")
     if not matches:
-        raise DataError(f"No {role} column found among {dict(features)}; name it with {flag}.")
+        # images alone: what datasets' imagefolder makes of a folder without class folders, or with only one
+        folders = (" A folder of images needs a folder per class, at least two: photos/cat/1.jpg, photos/dog/2.jpg."
+                   if role == "label" and all(isinstance(f, datasets.Image) for f in features.values()) else "")
+        raise DataError(f"No {role} column found among {dict(features)}; name it with {flag}.{folders}")
     return matches[0]
 
 

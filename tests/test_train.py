@@ -157,8 +157,8 @@ def test_a_folder_of_one_class_folder_is_told_it_needs_one_per_class(tmp_path):
     (tmp_path / "photos" / "sea").mkdir(parents=True)
     for i in range(3):
         Image.new("RGB", (8, 8), (0, 0, 200 + i)).save(tmp_path / "photos" / "sea" / f"{i}.png")
-    with pytest.raises(DataError, match=r"^No labels: the images are not in class folders, or all in one\. A folder "
-                                        r"of images needs a folder per class \(at least two\)"):
+    with pytest.raises(DataError, match=r"^No label column found .* A folder of images needs a folder per class, at "
+                                        r"least two: photos/cat/1\.jpg, photos/dog/2\.jpg\.$"):
         load_splits(str(tmp_path / "photos"))
 
 
