@@ -25,13 +25,18 @@ def checkpoint_dir(output_dir) -> Path:
     return Path(output_dir) / CHECKPOINT_DIR
 
 
+def saved_checkpoints(output_dir) -> list[Path]:
+    """The complete checkpoints of a run, oldest first (one still being written is a .partial folder)."""
+    return sorted(p for p in checkpoint_dir(output_dir).glob("step_*") if not p.name.endswith(".partial"))
+
+
 def find_checkpoint(output_dir: Path, resume: str) -> Path:
     if resume != "latest":
         path = Path(resume)
         if not path.is_dir():
             raise TrainingError(f"--resume {resume}: no such checkpoint folder.")
         return path
-    candidates = sorted(p for p in checkpoint_dir(output_dir).glob("step_*") if not p.name.endswith(".partial"))
+    candidates = saved_checkpoints(output_dir)
     if not candidates:
         raise TrainingError(f"--resume latest: no checkpoint in {checkpoint_dir(output_dir)}.")
     return candidates[-1]

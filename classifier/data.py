@@ -160,9 +160,10 @@ class Labelled:
     label_column: str
     label_names: list[str]
 
-    def find(self, role: str) -> str | None:
-        """The name of the split that plays `role` (train, validation, test: "seg_test" plays test), if any."""
-        return _first_split(self.splits, role)
+    def split_for(self, role: str) -> str | None:
+        """The name of the split that plays `role` (train, validation, test: "seg_test" plays test), else of the
+        dataset's only split (a folder of class folders is one, which datasets calls train), else None."""
+        return _first_split(self.splits, role) or (next(iter(self.splits)) if len(self.splits) == 1 else None)
 
 
 def load_labelled(spec: str, image_column: str | None = None, label_column: str | None = None) -> Labelled:
@@ -200,7 +201,7 @@ def load_splits(
     labelled = load_labelled(spec, image_column, label_column)
     dataset, image_column, label_column = labelled.splits, labelled.image_column, labelled.label_column
     label_names = labelled.label_names
-    train_name = labelled.find("train") or (next(iter(dataset)) if len(dataset) == 1 else None)
+    train_name = labelled.split_for("train")
     if train_name is None:
         raise DataError(f"No training split in {spec!r}; splits are {list(dataset)}.")
 

@@ -40,15 +40,13 @@ class Evaluator:
         self.mean, self.std = (torch.tensor(loaded.data_config[k], device=device) for k in ("mean", "std"))
 
     def logits(self, split: datasets.Dataset, image_column: str, label_column: str, num_classes: int, desc: str,
-               max_samples: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """(view logits, labels in the split's own numbering); `max_samples` takes the first so many (not cached
-        then: a subset would leave its own copy in the shared decode cache)."""
-        if max_samples:
-            split = split.select(range(min(max_samples, len(split))))
+               cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(view logits, labels in the split's own numbering); `cache` False for a subset, which would leave its
+        own copy in the shared decode cache."""
         config = self.loaded.data_config
         decoded = decode_split(split, image_column, label_column, num_classes, size=config["input_size"][-1],
                                interpolation=config["interpolation"], crop_pct=config["crop_pct"],
-                               use_cache=not max_samples, desc=f"decode {desc}")
+                               use_cache=cache, desc=f"decode {desc}")
         loader = self.accelerator.prepare(eval_loader(decoded, self.batch_size))
         return collect_view_logits(self.model, loader, self.accelerator, self.mean, self.std, self.loaded.tta,
                                    desc=desc)
@@ -60,8 +58,7 @@ def evaluate(source: str, dataset: str, split: str = "test", revision: str | Non
     class numbering: split_metrics' dict, with the model's `label_names` and the `split`'s name."""
     loaded = load(source, revision)
     data = load_labelled(dataset, image_column, label_column)
-    # a folder of class folders is one split (datasets calls it train): that one, whatever --split says
-    name = data.find(split) or (next(iter(data.splits)) if len(data.splits) == 1 else None)
+    name = data.split_for(split)  # a dataset of one split: that one, whatever --split says
     if name is None:
         raise DataError(f"{dataset!r} has no {split} split; its splits are {', '.join(data.splits)} (--split).")
     unknown = [label for label in data.label_names if label not in loaded.label_names]
@@ -74,7 +71,7 @@ def evaluate(source: str, dataset: str, split: str = "test", revision: str | Non
     if max_samples:  # drawn at random (seed 0): a split's first images are often all of one class
         split_data = split_data.shuffle(seed=0).select(range(min(max_samples, len(split_data))))
     logits, labels = Evaluator(loaded, batch_size).logits(split_data, data.image_column, data.label_column,
-                                                          len(data.label_names), name, max_samples)
+                                                          len(data.label_names), name, cache=not max_samples)
     metrics, _ = split_metrics(logits, to_model[labels], len(loaded.label_names), loaded.tta)
     per_class = metrics["per_class"]
     present = [i for i, images in enumerate(per_class["support"]) if images]

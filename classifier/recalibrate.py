@@ -44,8 +44,10 @@ def held_out_logits(folder: Path, dataset: str | None = None, batch_size: int = 
     evaluator = Evaluator(loaded, batch_size)
 
     def logits(split, name):
+        if max_samples:
+            split = split.select(range(min(max_samples, len(split))))
         return evaluator.logits(split, splits.image_column, splits.label_column, len(splits.label_names), name,
-                                max_samples)
+                                cache=not max_samples)
 
     val_logits, val_labels = logits(splits.validation, "validation")
     if splits.test is None:

@@ -29,7 +29,7 @@ from accelerate.utils import parse_flag_from_env
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 
-from .checkpoint import checkpoint_dir, find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_dir, find_checkpoint, load_checkpoint, save_checkpoint, saved_checkpoints
 from .data import (DataError, Splits, StreamedSplit, TensorSplit, check_local_path, decode_split, load_splits,
                    local_copy_note, memory_budget, streams, typical_size)
 from .distributed import (RUN_ENDING, end_run, from_every_process, local_process_count, process_group_kwargs,
@@ -440,7 +440,8 @@ def final_evaluation(options: Options, accelerator: Accelerator, training: Train
     cal = final["calibration"]
     note = temperature_note(cal["temperature"])
     fitted = f"fitted on validation; {note}" if note else "fitted on validation"
-    accelerator.print(f"calibration: temperature {cal['temperature']:.3f} ({fitted}); {split} ECE {100 * cal['before']['ece']:.2f}% -> {100 * cal['after']['ece']:.2f}%, NLL "
+    accelerator.print(f"calibration: temperature {cal['temperature']:.3f} ({fitted}); {split} ECE "
+                      f"{100 * cal['before']['ece']:.2f}% -> {100 * cal['after']['ece']:.2f}%, NLL "
                       f"{cal['before']['nll']:.4f} -> {cal['after']['nll']:.4f}")
     if guessing := no_better_than_guessing(final, split):
         log.warning(guessing)
@@ -509,9 +510,8 @@ def main(argv=None, options: Options | None = None) -> None:
     except RUN_ENDING as e:
         end_run(one_line(e, options.output_dir))
     except KeyboardInterrupt:  # Ctrl-C: what to do next, not a traceback
-        saved = checkpoint_dir(options.output_dir)
-        then = (f"--resume latest continues from the newest checkpoint in {saved}." if saved.is_dir() and
-                any(p.name.startswith("step_") for p in saved.iterdir()) else
+        then = (f"--resume latest continues from the newest checkpoint in {checkpoint_dir(options.output_dir)}."
+                if saved_checkpoints(options.output_dir) else
                 "No checkpoint had been saved (--checkpoint-every saves them).")
         if os.environ.get("RANK", "0") == "0":  # the main process of a launch speaks for all
             print(f"Interrupted. {then}", file=sys.stderr, flush=True)

@@ -96,7 +96,8 @@ def flag(app: App, image_path: str | None, label: str | None, model: str | None 
     stored = app.flag(image_path, label, model)
     # the model is named: this line may land after the page switched to another model
     return (f"Thank you: **{stored['label']}** is stored for this image ({stored['model']} said "
-            f"{stored['predicted']}, {100 * stored['probability']:.0f} %). It reaches the dataset `{stored['dataset']}` within "
+            f"{stored['predicted']}, {100 * stored['probability']:.0f} %). It reaches the dataset "
+            f"`{stored['dataset']}` within "
             f"{app.flags.every_minutes:g} minutes.")
 
 
